@@ -1,0 +1,171 @@
+"""Connection to the Ray cluster: reuse, connect, or start an embedded local Ray.
+
+Ray is imported here, on first use, never by ``import mlruntime``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlruntime.errors import ConfigError
+
+__all__ = [
+    "ADDRESS_ENV",
+    "NodeInfo",
+    "cluster_resources",
+    "get_nodes",
+    "init",
+    "is_initialized",
+    "shutdown",
+]
+
+ADDRESS_ENV = "MLRUNTIME_ADDRESS"
+"""Environment variable naming the Ray cluster to connect to (``ray://...`` or ``HOST:PORT``)."""
+
+_lock = threading.Lock()
+_started_by_us = False
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One alive node of the Ray cluster.
+
+    Attributes:
+        node_id: Ray's node id.
+        name: The node's host name.
+        address: The address the node is reachable at.
+        num_cpus: Logical CPUs Ray schedules on it.
+        num_gpus: GPUs Ray schedules on it (fake ones in tests count too).
+        memory_bytes: Memory Ray schedules on it.
+        is_head: Whether it is the head node.
+        resources: Every resource the node offers.
+    """
+
+    node_id: str
+    name: str
+    address: str
+    num_cpus: float
+    num_gpus: float
+    memory_bytes: int
+    is_head: bool
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict of this node."""
+        return asdict(self)
+
+
+def is_initialized() -> bool:
+    """Whether this process is connected to a Ray cluster (without importing Ray if it is not)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def init(address: str | None = None, **ray_options: Any) -> None:
+    """Connect to Ray, starting an embedded local one when no cluster is named.
+
+    In order: reuse the Ray this process is already connected to; connect to ``address``, or to
+    ``MLRUNTIME_ADDRESS`` / ``RAY_ADDRESS`` when set; otherwise start a local Ray bound to
+    loopback with the dashboard off and quiet logs. Every distributor calls this itself, so users
+    only call it to choose a cluster or pass options.
+
+    Args:
+        address: A Ray address (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``).
+        **ray_options: Passed to ``ray.init`` (``num_cpus``, ``num_gpus``, ``runtime_env`` ...).
+
+    Raises:
+        ConfigError: If Ray is already connected to a different address than the one asked.
+    """
+    global _started_by_us
+    with _lock:
+        address = address or os.environ.get(ADDRESS_ENV) or None
+        if is_initialized():
+            if address not in (None, "auto") and not _same_cluster(address):
+                raise ConfigError(
+                    f"Ray is already connected to another cluster; cannot connect to "
+                    f"{address!r}. Call mlruntime.shutdown() first."
+                )
+            return
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        if local and "ray" not in sys.modules:
+            # Ray binds to the machine's routable IP unless told this is a single-host cluster.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray
+
+        options: dict[str, Any] = {
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+            "ignore_reinit_error": True,
+        }
+        if local:
+            options["include_dashboard"] = False
+        options.update(ray_options)
+        ray.init(address=address, **options)
+        _started_by_us = local
+
+
+def _same_cluster(address: str) -> bool:
+    import ray
+
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:
+        return False
+    return address.removeprefix("ray://") in (current or "")
+
+
+def shutdown() -> None:
+    """Disconnect from Ray; an embedded Ray started by :func:`init` is stopped."""
+    global _started_by_us
+    with _lock:
+        if is_initialized():
+            import ray
+
+            ray.shutdown()
+        _started_by_us = False
+
+
+def _ensure_ray() -> Any:
+    init()
+    import ray
+
+    return ray
+
+
+def get_nodes() -> list[NodeInfo]:
+    """List the alive nodes of the cluster with their CPUs, GPUs and memory (connects if needed).
+
+    Returns:
+        Nodes sorted head first, then by address.
+    """
+    ray = _ensure_ray()
+    nodes = []
+    for raw in ray.nodes():
+        if not raw.get("Alive", raw.get("alive", False)):
+            continue
+        resources = {k: float(v) for k, v in raw.get("Resources", {}).items()}
+        nodes.append(
+            NodeInfo(
+                node_id=raw["NodeID"],
+                name=raw.get("NodeManagerHostname") or raw.get("NodeName", ""),
+                address=raw.get("NodeManagerAddress", ""),
+                num_cpus=resources.get("CPU", 0.0),
+                num_gpus=resources.get("GPU", 0.0),
+                memory_bytes=int(resources.get("memory", 0)),
+                is_head="node:__internal_head__" in resources,
+                resources=resources,
+            )
+        )
+    return sorted(nodes, key=lambda n: (not n.is_head, n.address, n.node_id))
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the cluster (``CPU``, ``GPU``, ``memory`` ...), connecting if needed."""
+    ray = _ensure_ray()
+    return {k: float(v) for k, v in ray.cluster_resources().items()}

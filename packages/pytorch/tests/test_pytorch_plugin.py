@@ -1,0 +1,10 @@
+"""The pytorch plugin honours mlruntime's plugin contracts (conformance kit)."""
+
+from __future__ import annotations
+
+from mlruntime.testing import PluginConformance
+
+
+class TestPytorchPluginConformance(PluginConformance):
+    plugin_module = "mlruntime_pytorch.hooks"
+    entry_point_name = "pytorch"
