@@ -12,6 +12,14 @@ from typing import TYPE_CHECKING, Any
 from mlruntime.__about__ import __version__
 
 if TYPE_CHECKING:
+    from mlruntime.connector import DataConnector as DataConnector
+    from mlruntime.connector import ShardedDataConnector as ShardedDataConnector
+    from mlruntime.dataset import Dataset as Dataset
+    from mlruntime.dataset import create_from_dataframe as create_from_dataframe
+    from mlruntime.dataset import delete_version as delete_version
+    from mlruntime.dataset import list_datasets as list_datasets
+    from mlruntime.dataset import list_versions as list_versions
+    from mlruntime.dataset import load_dataset as load_dataset
     from mlruntime.hookspecs import hookimpl as hookimpl
     from mlruntime.plugins import list_plugins as list_plugins
     from mlruntime.runtime import cluster_resources as cluster_resources
@@ -19,8 +27,32 @@ if TYPE_CHECKING:
     from mlruntime.runtime import init as init
     from mlruntime.runtime import is_initialized as is_initialized
     from mlruntime.runtime import shutdown as shutdown
+    from mlruntime.session import Session as Session
+    from mlruntime.session import get_active_session as get_active_session
+    from mlruntime.sinks import DatasetSink as DatasetSink
+    from mlruntime.sinks import DuckDBTableSink as DuckDBTableSink
+    from mlruntime.sinks import ParquetSink as ParquetSink
+    from mlruntime.sources import ArrowSource as ArrowSource
+    from mlruntime.sources import CSVSource as CSVSource
+    from mlruntime.sources import ParquetSource as ParquetSource
 
 _LAZY: dict[str, str] = {
+    "DataConnector": "mlruntime.connector",
+    "ShardedDataConnector": "mlruntime.connector",
+    "Dataset": "mlruntime.dataset",
+    "create_from_dataframe": "mlruntime.dataset",
+    "delete_version": "mlruntime.dataset",
+    "list_datasets": "mlruntime.dataset",
+    "list_versions": "mlruntime.dataset",
+    "load_dataset": "mlruntime.dataset",
+    "Session": "mlruntime.session",
+    "get_active_session": "mlruntime.session",
+    "DatasetSink": "mlruntime.sinks",
+    "DuckDBTableSink": "mlruntime.sinks",
+    "ParquetSink": "mlruntime.sinks",
+    "ArrowSource": "mlruntime.sources",
+    "CSVSource": "mlruntime.sources",
+    "ParquetSource": "mlruntime.sources",
     "hookimpl": "mlruntime.hookspecs",
     "list_plugins": "mlruntime.plugins",
     "init": "mlruntime.runtime",

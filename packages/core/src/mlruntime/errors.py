@@ -17,8 +17,10 @@ __all__ = [
     "PluginError",
     "PluginNotFoundError",
     "PluginWarning",
+    "QueryError",
     "ResourceError",
     "SourceError",
+    "TableNotFoundError",
     "WorkerError",
 ]
 
@@ -52,6 +54,14 @@ class DatasetNotFoundError(MLRuntimeError, LookupError):
 
 class DatasetExistsError(MLRuntimeError, FileExistsError):
     """A dataset version (or sink target) already exists and the mode forbids replacing it."""
+
+
+class TableNotFoundError(MLRuntimeError, LookupError):
+    """A warehouse table does not exist."""
+
+
+class QueryError(MLRuntimeError, ValueError):
+    """A SQL query is invalid or failed in the warehouse."""
 
 
 class ResourceError(ConfigError):

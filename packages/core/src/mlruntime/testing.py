@@ -23,10 +23,13 @@ import sys
 import textwrap
 from typing import ClassVar
 
+import numpy as np
+import pyarrow as pa
+
 from mlruntime.hookspecs import PLUGIN_API_VERSION
 from mlruntime.plugins import ENTRY_POINT_GROUP, PluginRegistry
 
-__all__ = ["HEAVY_MODULES", "PluginConformance", "imported_modules_after"]
+__all__ = ["HEAVY_MODULES", "PluginConformance", "imported_modules_after", "sample_table"]
 
 HEAVY_MODULES = ("torch", "tensorflow", "xgboost", "lightgbm", "ray", "keras", "jax")
 """Modules that must not be imported by ``import mlruntime`` or by any plugin's hook module."""
@@ -55,6 +58,20 @@ def imported_modules_after(code: str, candidates: tuple[str, ...] = HEAVY_MODULE
     assert proc.returncode == 0, f"probe failed:\n{proc.stdout}\n{proc.stderr}"
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MLRUNTIME-PROBE")][-1]
     return list(json.loads(line.removeprefix("MLRUNTIME-PROBE")))
+
+
+def sample_table(start: int, rows: int, features: int = 1) -> pa.Table:
+    """A small deterministic table for tests: ``id`` = start..start+rows-1, float32 features
+    ``x`` (or ``x0``..``x{n-1}``) derived from the id, and an int32 ``label`` = id % 3."""
+    ids = np.arange(start, start + rows, dtype=np.int64)
+    columns: dict[str, np.ndarray] = {"id": ids}
+    if features == 1:
+        columns["x"] = (ids * 0.5).astype(np.float32)
+    else:
+        for j in range(features):
+            columns[f"x{j}"] = np.sin(ids * (j + 1) * 0.01).astype(np.float32)
+    columns["label"] = (ids % 3).astype(np.int32)
+    return pa.table(columns)
 
 
 class PluginConformance:

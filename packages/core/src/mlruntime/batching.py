@@ -1,0 +1,237 @@
+"""The read pipeline behind every DataConnector output: pieces -> Arrow tables -> numpy batches.
+
+Reads run in a background thread (pyarrow releases the GIL) a few tables ahead of the consumer, so
+I/O and compute overlap and memory stays bounded. Batches are numpy views of Arrow memory where
+the type allows; only batches spanning two tables and shuffled windows are copied. Shuffling is
+vectorized: piece order is permuted, then windows spanning several pieces are permuted as a whole.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mlruntime.convert import table_to_numpy
+from mlruntime.sources import Fragment, ParquetFragment, read_row_groups
+
+__all__ = ["DEFAULT_SHUFFLE_BUFFER_ROWS", "Piece", "iter_numpy_batches", "prefetch", "read_pieces"]
+
+DEFAULT_SHUFFLE_BUFFER_ROWS = 262_144
+"""Rows mixed together at once when shuffling (at least two pieces' worth are always mixed)."""
+
+MAX_GROUP_ROWS = 262_144
+"""Consecutive row groups of one Parquet file are read in one call up to this many rows."""
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[start, stop)`` of a fragment (``stop=None``: to its end)."""
+
+    fragment: Fragment
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether the piece covers its whole fragment."""
+        return self.start == 0 and (self.stop is None or self.stop == self.fragment.num_rows)
+
+    @property
+    def num_rows(self) -> int | None:
+        """Rows in the piece, if known without reading."""
+        total = self.fragment.num_rows if self.stop is None else self.stop
+        return None if total is None else total - self.start
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        """Read the piece's rows as an Arrow table."""
+        table = self.fragment.read(columns)
+        if self.whole:
+            return table
+        stop = table.num_rows if self.stop is None else min(self.stop, table.num_rows)
+        return table.slice(self.start, max(0, stop - self.start))
+
+
+def read_pieces(pieces: Iterable[Piece], columns: Sequence[str] | None) -> Iterator[pa.Table]:
+    """Read pieces in order, merging runs of whole row groups of one Parquet file into one read."""
+    run: list[ParquetFragment] = []
+    run_rows = 0
+
+    def flush() -> Iterator[pa.Table]:
+        nonlocal run, run_rows
+        if run:
+            first = run[0]
+            groups = [f.row_group for f in run]
+            yield read_row_groups(first.filesystem, first.path, groups, columns)
+            run, run_rows = [], 0
+
+    for piece in pieces:
+        frag = piece.fragment
+        if isinstance(frag, ParquetFragment) and piece.whole:
+            same_file = run and run[0].path == frag.path and run[0].filesystem is frag.filesystem
+            if run and (not same_file or run_rows + (frag.num_rows or 0) > MAX_GROUP_ROWS):
+                yield from flush()
+            run.append(frag)
+            run_rows += frag.num_rows or 0
+            continue
+        yield from flush()
+        yield piece.read(columns)
+    yield from flush()
+
+
+_END = object()
+
+
+def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Run ``items`` in a background thread, staying at most ``depth`` items ahead.
+
+    Errors raised by the producer are re-raised in the consumer. Closing the returned generator
+    (or breaking out of a loop over it) stops the thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_END)
+        except BaseException as exc:  # handed to the consumer
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, name="mlruntime-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
+def iter_numpy_batches(
+    tables: Iterable[pa.Table],
+    batch_size: int,
+    *,
+    columns: Sequence[str] | None = None,
+    drop_last_batch: bool = True,
+    rng: np.random.Generator | None = None,
+    shuffle_buffer_rows: int = DEFAULT_SHUFFLE_BUFFER_ROWS,
+    min_pieces_per_window: int = 2,
+    convert: Callable[[pa.Table, Sequence[str] | None], Batch] | None = None,
+) -> Iterator[Batch]:
+    """Turn a stream of Arrow tables into dicts of numpy arrays of exactly ``batch_size`` rows.
+
+    Args:
+        tables: Arrow tables, e.g. from :func:`read_pieces` (possibly through :func:`prefetch`).
+        batch_size: Rows per batch.
+        columns: Columns to convert (default: all).
+        drop_last_batch: Drop a final batch shorter than ``batch_size`` (else yield it).
+        rng: Shuffle rows with this generator; ``None`` keeps the order.
+        shuffle_buffer_rows: Rows permuted together when shuffling.
+        min_pieces_per_window: Tables mixed together at least, so rows of different fragments mix
+            even when one fragment is larger than the buffer.
+        convert: Table -> dict of arrays (default :func:`mlruntime.convert.table_to_numpy`).
+    """
+    to_numpy = convert or (lambda t, c: table_to_numpy(t, list(c) if c is not None else None))
+    if rng is None:
+        yield from _ordered_batches(tables, batch_size, columns, drop_last_batch, to_numpy)
+        return
+    window: list[Batch] = []
+    window_rows = pieces = 0
+    for table in tables:
+        if table.num_rows == 0:
+            continue
+        window.append(to_numpy(table, columns))
+        window_rows += table.num_rows
+        pieces += 1
+        if window_rows >= shuffle_buffer_rows and pieces >= min_pieces_per_window:
+            batches, rest = _shuffle_window(window, window_rows, rng, batch_size)
+            yield from batches
+            window = [rest] if rest is not None else []
+            window_rows, pieces = window_rows % batch_size, 0
+    if window_rows:
+        batches, rest = _shuffle_window(window, window_rows, rng, batch_size)
+        yield from batches
+        if rest is not None and not drop_last_batch:
+            yield rest
+
+
+def _shuffle_window(
+    window: list[Batch], rows: int, rng: np.random.Generator, batch_size: int
+) -> tuple[list[Batch], Batch | None]:
+    """Permute a window's rows; return its full batches and the (shuffled) remainder."""
+    merged = _concat(window)
+    order = rng.permutation(rows)
+    shuffled = {k: v[order] for k, v in merged.items()}
+    end = rows // batch_size * batch_size
+    batches = [_slice(shuffled, i, i + batch_size) for i in range(0, end, batch_size)]
+    return batches, (_slice(shuffled, end, rows) if end < rows else None)
+
+
+def _ordered_batches(
+    tables: Iterable[pa.Table],
+    batch_size: int,
+    columns: Sequence[str] | None,
+    drop_last_batch: bool,
+    to_numpy: Callable[[pa.Table, Sequence[str] | None], Batch],
+) -> Iterator[Batch]:
+    """Batches in row order: numpy views of each record batch, copies only across boundaries."""
+    carry: list[Batch] = []
+    carry_rows = 0
+    for table in tables:
+        for record_batch in table.to_batches():
+            n, pos = record_batch.num_rows, 0
+            if n == 0:
+                continue
+            arrays = to_numpy(record_batch, columns)
+            if carry:
+                need = batch_size - carry_rows
+                if n < need:
+                    carry.append(arrays)
+                    carry_rows += n
+                    continue
+                yield _concat([*carry, _slice(arrays, 0, need)])
+                carry, carry_rows, pos = [], 0, need
+            end = pos + (n - pos) // batch_size * batch_size
+            for i in range(pos, end, batch_size):
+                yield _slice(arrays, i, i + batch_size)
+            if end < n:
+                carry, carry_rows = [_slice(arrays, end, n)], n - end
+    if carry and not drop_last_batch:
+        yield _concat(carry)

@@ -1,0 +1,552 @@
+"""DataConnector: what users hold — tabular data from anywhere, turned into what frameworks eat.
+
+Construct with ``from_dataframe`` / ``from_sql`` / ``from_dataset`` / ``from_sources`` /
+``from_ray_dataset``; read with ``to_pandas`` / ``to_arrow`` / ``to_batches`` /
+``to_ray_dataset``, or a framework output (``to_torch_dataset`` ...) provided by a plugin.
+``shard(n)`` splits the rows into n disjoint, balanced, deterministic parts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mlruntime.batching import (
+    DEFAULT_SHUFFLE_BUFFER_ROWS,
+    Batch,
+    Piece,
+    iter_numpy_batches,
+    prefetch,
+    read_pieces,
+)
+from mlruntime.convert import column_to_numpy
+from mlruntime.errors import ColumnError, ConfigError, NotInWorkerError
+from mlruntime.inputs import DuckDBSource, RayDatasetSource, source_from_object
+from mlruntime.sources import ParquetSource, Source, check_same_schema
+
+__all__ = ["DataConnector", "ShardedDataConnector"]
+
+logger = logging.getLogger(__name__)
+
+
+class DataConnector:
+    """Tabular data from one or more sources, read lazily as Arrow.
+
+    Args:
+        sources: The sources (all must share one schema).
+        columns: Keep only these columns (default: all).
+        pieces: Internal: the row ranges of a shard.
+
+    Raises:
+        DataError: If the sources have different schemas.
+        ColumnError: If ``columns`` names a column that does not exist.
+
+    Example:
+        >>> import pandas as pd
+        >>> dc = DataConnector.from_dataframe(pd.DataFrame({"x": [1, 2, 3], "y": [0, 1, 0]}))
+        >>> next(dc.to_batches(batch_size=2))["x"].tolist()
+        [1, 2]
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        columns: Sequence[str] | None = None,
+        pieces: Sequence[Piece] | None = None,
+    ) -> None:
+        if not sources:
+            raise ConfigError("a DataConnector needs at least one source")
+        self._sources = list(sources)
+        self._pieces = list(pieces) if pieces is not None else None
+        self._columns = list(columns) if columns is not None else None
+        self._schema: pa.Schema | None = None
+        self._epoch = itertools.count()
+        self._lock = threading.Lock()
+        if self._columns is not None:
+            self._check_columns(self._columns, self._full_schema())
+
+    # -- constructors -----------------------------------------------------------------------
+
+    @classmethod
+    def from_dataframe(cls, df: Any) -> DataConnector:
+        """From a DuckDB relation (``session.table("t")``), pandas/polars frame or Arrow table.
+
+        Raises:
+            ConfigError: For an object that is not a frame.
+        """
+        if isinstance(df, DataConnector):
+            return df
+        return cls([source_from_object(df)])
+
+    @classmethod
+    def from_sql(cls, query: str, session: Any = None) -> DataConnector:
+        """From a SQL query on a warehouse session (default: ``get_active_session()``).
+
+        Raises:
+            QueryError: If the query is invalid.
+        """
+        from mlruntime.session import get_active_session
+
+        relation = (session or get_active_session()).sql(query)
+        return cls([DuckDBSource(relation, label=" ".join(query.split()))])
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, version: str | None = None) -> DataConnector:
+        """From a dataset version object, or a dataset name and version (default: latest).
+
+        Raises:
+            DatasetNotFoundError: If the dataset or version does not exist.
+        """
+        from mlruntime.dataset import Dataset, load_dataset
+
+        if not isinstance(dataset, Dataset):
+            dataset = load_dataset(str(dataset), version)
+        return cls([dataset.to_source()])
+
+    @classmethod
+    def from_sources(cls, sources: Any, *, filesystem: Any = None) -> DataConnector:
+        """From paths, globs, folders, URIs and/or Source objects (one or a list).
+
+        Args:
+            sources: One or several locations or Sources.
+            filesystem: A pyarrow or fsspec filesystem for the paths.
+
+        Raises:
+            SourceError: For a missing path or unknown format.
+        """
+        items = sources if isinstance(sources, (list, tuple)) else [sources]
+        if not items:
+            raise ConfigError("from_sources needs at least one path or source")
+        return cls([source_from_object(s, filesystem) for s in items])
+
+    @classmethod
+    def from_ray_dataset(cls, dataset: Any) -> DataConnector:
+        """From a ``ray.data.Dataset`` (its blocks stay in Ray's object store)."""
+        return cls([RayDatasetSource(dataset)])
+
+    # -- description ------------------------------------------------------------------------
+
+    def _full_schema(self) -> pa.Schema:
+        if self._schema is None:
+            self._schema = check_same_schema([(s.describe(), s.schema) for s in self._sources])
+        return self._schema
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the selected columns."""
+        schema = self._full_schema()
+        if self._columns is None:
+            return schema
+        return pa.schema([schema.field(c) for c in self._columns])
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names."""
+        return list(self.schema.names)
+
+    @property
+    def sources(self) -> list[Source]:
+        """The underlying sources."""
+        return list(self._sources)
+
+    @property
+    def num_rows(self) -> int | None:
+        """Row count when known without reading data, else ``None``."""
+        if self._pieces is not None:
+            counts = [p.num_rows for p in self._pieces]
+            return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+        counts = [s.num_rows for s in self._sources]
+        return None if any(c is None for c in counts) else sum(c or 0 for c in counts)
+
+    def count_rows(self) -> int:
+        """The exact row count, reading fragments whose count is not in metadata."""
+        return sum(_piece_rows(p) for p in self.pieces())
+
+    def __repr__(self) -> str:
+        sources = ", ".join(s.describe() for s in self._sources[:3])
+        if len(self._sources) > 3:
+            sources += f", +{len(self._sources) - 3} more"
+        try:
+            cols = ", ".join(f"{f.name}: {f.type}" for f in self.schema)
+        except Exception as exc:  # a repr must not raise
+            cols = f"<schema unavailable: {exc}>"
+        rows = self.num_rows
+        shard = f", {len(self._pieces)} pieces" if self._pieces is not None else ""
+        return (
+            f"DataConnector(sources=[{sources}], columns=[{cols}], "
+            f"rows={rows if rows is not None else 'unknown'}{shard})"
+        )
+
+    @staticmethod
+    def _check_columns(columns: Sequence[str], schema: pa.Schema) -> None:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise ColumnError(
+                f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"{'are' if len(missing) > 1 else 'is'} not in the data; columns are "
+                f"{', '.join(schema.names)}"
+            )
+
+    def select(self, columns: Sequence[str]) -> DataConnector:
+        """A connector over only ``columns``, in that order.
+
+        Raises:
+            ColumnError: If a column does not exist.
+        """
+        if isinstance(columns, str):
+            columns = [columns]
+        self._check_columns(columns, self.schema)
+        return self._derive(columns=list(columns))
+
+    def _derive(
+        self, *, columns: Sequence[str] | None = None, pieces: Sequence[Piece] | None = None
+    ) -> DataConnector:
+        out = DataConnector.__new__(DataConnector)
+        out._sources = self._sources
+        out._pieces = list(pieces) if pieces is not None else self._pieces
+        out._columns = list(columns) if columns is not None else self._columns
+        out._schema = self._schema
+        out._epoch = itertools.count()
+        out._lock = threading.Lock()
+        return out
+
+    # -- pieces and shards ------------------------------------------------------------------
+
+    def pieces(self) -> list[Piece]:
+        """The row ranges this connector reads, in order."""
+        if self._pieces is not None:
+            return list(self._pieces)
+        return [Piece(f) for s in self._sources for f in s.fragments()]
+
+    def shard(self, n: int, equal: bool = False) -> list[DataConnector]:
+        """Split the rows into ``n`` disjoint, deterministic, row-balanced shards.
+
+        Shard ``i`` gets rows ``[i*T//n, (i+1)*T//n)`` of the ``T`` rows in reading order, so
+        every row is in exactly one shard and sizes differ by at most one. With ``equal=True``
+        each shard gets ``T//n`` rows and the last ``T % n`` rows are dropped (and logged), as
+        DDP needs ranks to take the same number of steps.
+
+        Args:
+            n: Number of shards.
+            equal: Give every shard the same number of rows.
+
+        Raises:
+            ConfigError: If ``n <= 0`` or ``n`` is larger than the number of rows.
+        """
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
+            raise ConfigError(f"shard count must be a positive integer, got {n!r}")
+        pieces = self.pieces()
+        counts = [_piece_rows(p) for p in pieces]
+        total = sum(counts)
+        if n > total:
+            raise ConfigError(
+                f"cannot make {n} shards of {total} rows: every shard would need at least one "
+                "row; use fewer workers or more data"
+            )
+        per = total // n
+        if equal:
+            bounds = [i * per for i in range(n + 1)]
+            if total - n * per:
+                logger.warning(
+                    "shard(%d, equal=True) drops the last %d of %d rows so every shard has %d",
+                    n,
+                    total - n * per,
+                    total,
+                    per,
+                )
+        else:
+            bounds = [i * total // n for i in range(n + 1)]
+        offsets = list(itertools.accumulate(counts, initial=0))
+        return [
+            self._derive(pieces=_pieces_in_range(pieces, offsets, lo, hi))
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+
+    def split_pieces(self, index: int, count: int) -> DataConnector:
+        """A connector over every ``count``-th piece starting at ``index`` (whole pieces, for
+        DataLoader workers: each piece is read by one worker only)."""
+        if not 0 <= index < count:
+            raise ConfigError(f"index must be in [0, {count}), got {index}")
+        return self._derive(pieces=self.pieces()[index::count])
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _tables(self, pieces: Sequence[Piece], depth: int = 2) -> Iterator[pa.Table]:
+        return prefetch(read_pieces(pieces, self._columns), depth=depth)
+
+    def to_arrow(self) -> pa.Table:
+        """Read every row into one Arrow table (chunked; no copy of the data read)."""
+        source = self._single_duckdb()
+        if source is not None:
+            table = source.materialize().table
+            return table if self._columns is None else table.select(self._columns)
+        tables = list(self._tables(self.pieces()))
+        if not tables:
+            return self.schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def _single_duckdb(self) -> DuckDBSource | None:
+        if self._pieces is None and len(self._sources) == 1:
+            source = self._sources[0]
+            if isinstance(source, DuckDBSource):
+                return source
+        return None
+
+    def to_pandas(self, limit: int | None = None) -> Any:
+        """Read rows into a pandas DataFrame (at most ``limit`` rows).
+
+        Numeric and boolean columns are streamed into preallocated arrays, one piece at a time,
+        so peak memory stays near the size of the frame (integers with nulls become float64
+        with NaN, as pandas does). Other columns convert through Arrow.
+
+        Raises:
+            ConfigError: If ``limit`` is negative.
+        """
+        import pandas as pd
+
+        if limit is not None and limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {limit}")
+        total = self.num_rows
+        if self._single_duckdb() is not None or total is None:
+            table = self.to_arrow() if limit is None else self._head(limit)
+            return table.to_pandas(split_blocks=True, self_destruct=True)
+        total = total if limit is None else min(limit, total)
+        schema = self.schema
+        numeric = [f.name for f in schema if _streams_to_numpy(f.type)]
+        filled: dict[str, np.ndarray] = {}
+        rest: dict[str, list[pa.Array]] = {f.name: [] for f in schema if f.name not in numeric}
+        pos = 0
+        stream = self._tables(self.pieces(), depth=1)
+        for table in stream:
+            table = table.slice(0, total - pos)
+            n = table.num_rows
+            for name in numeric:
+                values = column_to_numpy(table.column(name))
+                target = filled.get(name)
+                if target is None:
+                    target = filled[name] = np.empty(total, dtype=values.dtype)
+                elif values.dtype != target.dtype:  # e.g. ints that turned out to hold nulls
+                    target = filled[name] = target.astype(np.result_type(target, values))
+                target[pos : pos + n] = values
+            for name, chunks in rest.items():
+                chunks.extend(table.column(name).chunks)
+            pos += n
+            if pos >= total:
+                stream.close()  # type: ignore[attr-defined]
+                break
+        columns: dict[str, Any] = {}
+        for field in schema:
+            if field.name in filled:
+                columns[field.name] = filled[field.name][:pos]
+            elif field.name in rest:
+                chunked = pa.chunked_array(rest.pop(field.name), type=field.type)
+                columns[field.name] = chunked.to_pandas(split_blocks=True)
+            else:  # no rows at all
+                columns[field.name] = np.empty(0, dtype=field.type.to_pandas_dtype())
+        return pd.DataFrame(columns, copy=False)
+
+    def _head(self, limit: int) -> pa.Table:
+        taken, rows = [], 0
+        stream = self._tables(self.pieces(), depth=1)
+        for table in stream:
+            if rows >= limit:
+                break
+            taken.append(table.slice(0, limit - rows))
+            rows += taken[-1].num_rows
+        stream.close()  # type: ignore[attr-defined]
+        return pa.concat_tables(taken) if taken else self.schema.empty_table()
+
+    def to_batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last_batch: bool = True,
+        seed: int | None = None,
+        *,
+        epoch: int | None = None,
+        columns: Sequence[str] | None = None,
+        shuffle_buffer_size: int | None = None,
+        prefetch_tables: int = 2,
+    ) -> Iterator[Batch]:
+        """Yield dicts of column -> numpy array, each of exactly ``batch_size`` rows.
+
+        Batches span fragment and file boundaries. Without shuffle, batches are zero-copy
+        (read-only) views of Arrow memory where the column type allows.
+
+        Args:
+            batch_size: Rows per batch.
+            shuffle: Shuffle rows: fragment order is permuted and windows of
+                ``shuffle_buffer_size`` rows mixing several fragments are permuted.
+            drop_last_batch: Drop the final short batch (else it is yielded).
+            seed: Seed for a reproducible shuffle; combined with the epoch so each epoch
+                differs. ``None``: a fresh random order every time.
+            epoch: The epoch to shuffle for (default: a counter incremented by every call).
+            columns: Columns to return (default: all selected columns).
+            shuffle_buffer_size: Rows mixed at once (default 262,144).
+            prefetch_tables: Tables read ahead in the background.
+
+        Raises:
+            ConfigError: If ``batch_size`` is not a positive integer.
+            ColumnError: If ``columns`` names an unknown column.
+        """
+        if (
+            not isinstance(batch_size, (int, np.integer))
+            or isinstance(batch_size, bool)
+            or (batch_size <= 0)
+        ):
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if columns is not None:
+            self._check_columns(columns, self.schema)
+        rng = self._rng(seed, epoch) if shuffle else None
+        pieces = self.pieces()
+        if rng is not None:
+            pieces = [pieces[i] for i in rng.permutation(len(pieces))]
+        read_columns = list(columns) if columns is not None else self._columns
+        tables = prefetch(read_pieces(pieces, read_columns), depth=prefetch_tables)
+        return iter_numpy_batches(
+            tables,
+            int(batch_size),
+            drop_last_batch=drop_last_batch,
+            rng=rng,
+            shuffle_buffer_rows=shuffle_buffer_size or DEFAULT_SHUFFLE_BUFFER_ROWS,
+        )
+
+    def _rng(self, seed: int | None, epoch: int | None) -> np.random.Generator:
+        if epoch is None:
+            with self._lock:
+                epoch = next(self._epoch)
+        if seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([int(seed), int(epoch)])
+
+    def to_ray_dataset(self) -> Any:
+        """A ``ray.data.Dataset`` over the same rows (Parquet sources are read by Ray itself)."""
+        import mlruntime.runtime
+
+        mlruntime.runtime.init()
+        import ray.data
+
+        if (
+            self._pieces is None
+            and all(isinstance(s, ParquetSource) for s in self._sources)
+            and all(p.whole for p in self.pieces())
+        ):
+            files = [f for s in self._sources for f in s.files]  # type: ignore[attr-defined]
+            fs = self.pieces()[0].fragment.filesystem  # type: ignore[attr-defined]
+            return ray.data.read_parquet(files, filesystem=fs, columns=self._columns)
+        return ray.data.from_arrow(self.to_arrow())
+
+    # -- plugin adapters --------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("to_") and not name.startswith("__"):
+            from mlruntime.plugins import load_adapter
+
+            adapter = load_adapter(name)
+
+            def bound(*args: Any, **kwargs: Any) -> Any:
+                return adapter(self, *args, **kwargs)
+
+            bound.__name__ = name
+            bound.__doc__ = getattr(adapter, "__doc__", None)
+            return bound
+        raise AttributeError(f"'DataConnector' object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        state.pop("_epoch", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._epoch = itertools.count()
+
+
+def _streams_to_numpy(typ: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ))
+
+
+def _piece_rows(piece: Piece) -> int:
+    rows = piece.num_rows
+    if rows is None:
+        full = piece.fragment.count_rows()
+        stop = full if piece.stop is None else min(piece.stop, full)
+        rows = stop - piece.start
+    return rows
+
+
+def _pieces_in_range(pieces: list[Piece], offsets: list[int], lo: int, hi: int) -> list[Piece]:
+    """Pieces covering global rows ``[lo, hi)``, cut at the range ends."""
+    out = []
+    first = max(0, bisect.bisect_right(offsets, lo) - 1)
+    for i in range(first, len(pieces)):
+        start, stop = offsets[i], offsets[i + 1]
+        if start >= hi:
+            break
+        if stop <= lo or stop == start:
+            continue
+        a, b = max(lo, start) - start, min(hi, stop) - start
+        piece = pieces[i]
+        out.append(Piece(piece.fragment, piece.start + a, piece.start + b))
+    return out
+
+
+class ShardedDataConnector:
+    """A connector to be split among the workers of a distributed job.
+
+    Each worker calls :meth:`get_shard` and reads only its part, straight from storage.
+
+    Args:
+        connector: The data.
+        equal: Give every shard the same row count (tail dropped), as DDP training needs.
+    """
+
+    def __init__(self, connector: DataConnector, equal: bool = False) -> None:
+        self.connector = connector
+        self.equal = equal
+
+    def get_shard(self, rank: int | None = None, world_size: int | None = None) -> DataConnector:
+        """This worker's shard: by ``rank``/``world_size`` or, inside a job, the worker's own.
+
+        Raises:
+            NotInWorkerError: If called outside a worker without ``rank`` and ``world_size``.
+            ConfigError: If ``rank`` is not in ``[0, world_size)``.
+        """
+        if rank is None or world_size is None:
+            rank, world_size = _current_rank()
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, {world_size}), got {rank}")
+        return self.connector.shard(world_size, equal=self.equal)[rank]
+
+    def __repr__(self) -> str:
+        return f"ShardedDataConnector({self.connector!r}, equal={self.equal})"
+
+
+def _current_rank() -> tuple[int, int]:
+    try:
+        from mlruntime.context import get_context
+    except ImportError:  # the runtime's context module is not there yet
+        get_context = None
+    if get_context is not None:
+        try:
+            ctx = get_context()
+            return ctx.get_rank(), ctx.get_world_size()
+        except NotInWorkerError:
+            pass
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    raise NotInWorkerError(
+        "get_shard() without rank/world_size must run inside a distributed worker; pass "
+        "get_shard(rank=..., world_size=...) to pick a shard by hand"
+    )
