@@ -1,23 +1,22 @@
 """mlruntime demo: embedded Ray + embedded DuckDB, zero set-up.
 
-Run with ``python3 tools/dev.py demo``. It lists the installed plugins, starts an embedded Ray,
-creates a table in a DuckDB database under MLRUNTIME_HOME and has Ray workers read disjoint
-slices of it as Arrow, checking that together they saw every row exactly once.
+Run with ``python3 tools/dev.py demo``. It lists the installed plugins, creates a table in the
+DuckDB warehouse under MLRUNTIME_HOME, saves it as a versioned dataset, and has Ray workers each
+read only their own shard straight from the dataset's Parquet files, checking that together they
+saw every row exactly once.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import tempfile
 import time
 
-import duckdb
 import numpy as np
-import pyarrow as pa
 
 import mlruntime
+from mlruntime import DataConnector, ShardedDataConnector
 
 
 def main() -> int:
@@ -28,14 +27,14 @@ def main() -> int:
         print(f"  plugin {plugin.name:<11} {plugin.version or '-':<8} {plugin.status}")
 
     rows = 200_000
-    db_path = os.path.join(home, "demo.duckdb")
-    with duckdb.connect(db_path) as con:
-        con.execute(
-            "CREATE OR REPLACE TABLE trips AS SELECT i AS id, random() * 30 AS distance, "
-            f"(random() * 50)::FLOAT AS fare FROM range({rows}) t(i)"
-        )
-        table: pa.Table = con.table("trips").to_arrow_table()
-    print(f"DuckDB table 'trips': {table.num_rows:,} rows, columns {table.column_names}")
+    session = mlruntime.get_active_session()
+    session.sql(
+        "CREATE OR REPLACE TABLE trips AS SELECT i AS id, random() * 30 AS distance, "
+        f"(random() * 50)::FLOAT AS fare FROM range({rows}) t(i)"
+    ).fetchall()
+    df = session.table("trips")
+    dataset = mlruntime.create_from_dataframe("trips", f"v{int(time.time())}", df)
+    print(f"DuckDB table 'trips' -> dataset {dataset}")
 
     mlruntime.init()
     nodes = mlruntime.get_nodes()
@@ -43,15 +42,20 @@ def main() -> int:
 
     import ray
 
-    @ray.remote(num_cpus=1)
-    def shard_stats(part: pa.Table) -> tuple[int, int, float]:
-        ids = part.column("id").to_numpy()
-        return len(ids), int(ids.sum()), float(np.asarray(part.column("fare")).mean())
+    sharded = ShardedDataConnector(DataConnector.from_dataset(dataset))
 
-    n_shards = 2
-    bounds = np.linspace(0, table.num_rows, n_shards + 1).astype(int)
-    parts = [table.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)]
-    results = ray.get([shard_stats.remote(p) for p in parts])
+    @ray.remote(num_cpus=1)
+    def shard_stats(rank: int, world: int) -> tuple[int, int, float]:
+        shard = sharded.get_shard(rank=rank, world_size=world)  # reads only its own rows
+        ids, fares, count = 0, 0.0, 0
+        for batch in shard.to_batches(8192, drop_last_batch=False):
+            ids += int(batch["id"].sum())
+            fares += float(np.asarray(batch["fare"], dtype=np.float64).sum())
+            count += len(batch["id"])
+        return count, ids, fares / count
+
+    world = 2
+    results = ray.get([shard_stats.remote(r, world) for r in range(world)])
     for rank, (count, _, mean_fare) in enumerate(results):
         print(f"  worker {rank}: {count:,} rows, mean fare {mean_fare:.2f}")
     seen = sum(r[0] for r in results)

@@ -67,7 +67,8 @@ def check(cmd: list[str], **kwargs: object) -> None:
 def _setup_fingerprint() -> str:
     digest = hashlib.sha256()
     digest.update(sys.version.encode())
-    for path in [REQUIREMENTS, *sorted(PACKAGES_DIR.glob("*/pyproject.toml"))]:
+    versions = sorted(PACKAGES_DIR.glob("*/src/*/__about__.py"))  # versions live in metadata
+    for path in [REQUIREMENTS, *sorted(PACKAGES_DIR.glob("*/pyproject.toml")), *versions]:
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

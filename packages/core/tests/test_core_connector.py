@@ -111,3 +111,19 @@ def test_plugin_adapter_is_dispatched_with_the_connector() -> None:
     finally:
         registry.unregister("fake-adapter")
         del sys.modules["fakeplug_adapter"]
+
+
+def test_outputs_can_be_read_repeatedly_without_harming_shared_tables(tmp_path: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT range AS id, range * 0.5 AS x FROM range(1000)")
+    dc = DataConnector.from_dataframe(con.table("t"))
+    assert dc.to_pandas()["id"].sum() == 499500
+    assert sum(int(b["id"].sum()) for b in dc.to_batches(100, shuffle=True, seed=1)) == 499500
+    assert dc.to_pandas(limit=3)["id"].tolist() == [0, 1, 2]
+    user_table = sample_table(0, 500)
+    mem = DataConnector.from_dataframe(user_table)
+    assert len(mem.to_pandas()) == 500
+    assert user_table.column("id").to_pylist() == list(range(500))  # the caller's table is intact
+    assert mem.to_arrow().column("id").to_pylist() == list(range(500))

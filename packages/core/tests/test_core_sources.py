@@ -199,3 +199,42 @@ def test_empty_folder_and_unknown_object(tmp_path: Path) -> None:
         DataConnector.from_sources(tmp_path / "empty")
     with pytest.raises(ConfigError, match=r"cannot read a builtins\.int"):
         DataConnector.from_dataframe(42)
+
+
+def test_empty_source_cannot_be_sharded() -> None:
+    empty = DataConnector.from_dataframe(make_table(0, 0))
+    assert empty.to_pandas().shape == (0, 3)
+    assert list(empty.to_batches(4, drop_last_batch=False)) == []
+    with pytest.raises(DataError, match="the data has no rows"):
+        empty.shard(2)
+
+
+def test_third_party_source_is_picked_by_scheme_and_suffix() -> None:
+    import sys
+    import types
+
+    from mlruntime.hookspecs import SourceSpec, hookimpl
+    from mlruntime.plugins import get_registry
+
+    module = types.ModuleType("fakeplug_source")
+    module.MLRUNTIME_PLUGIN_API = 1  # type: ignore[attr-defined]
+
+    def open_fake(location: str) -> ArrowSource:
+        rows = int(location.rsplit("/", 1)[-1].split(".")[0])
+        return ArrowSource(make_table(0, rows), label=f"fake {location}")
+
+    module.open_fake = open_fake  # type: ignore[attr-defined]
+    module.mlruntime_register_sources = hookimpl(  # type: ignore[attr-defined]
+        lambda: [
+            SourceSpec("fake", "fakeplug_source:open_fake", schemes=("fake",), suffixes=(".fake",))
+        ]
+    )
+    sys.modules["fakeplug_source"] = module
+    registry = get_registry()
+    registry.register(module, name="fake-source")
+    try:
+        assert DataConnector.from_sources("fake://bucket/12").count_rows() == 12
+        assert DataConnector.from_sources("/data/7.fake").count_rows() == 7
+    finally:
+        registry.unregister("fake-source")
+        del sys.modules["fakeplug_source"]

@@ -28,7 +28,7 @@ from mlruntime.batching import (
     read_pieces,
 )
 from mlruntime.convert import column_to_numpy
-from mlruntime.errors import ColumnError, ConfigError, NotInWorkerError
+from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerError
 from mlruntime.inputs import DuckDBSource, RayDatasetSource, source_from_object
 from mlruntime.sources import ParquetSource, Source, check_same_schema
 
@@ -241,12 +241,15 @@ class DataConnector:
 
         Raises:
             ConfigError: If ``n <= 0`` or ``n`` is larger than the number of rows.
+            DataError: If the data has no rows.
         """
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
             raise ConfigError(f"shard count must be a positive integer, got {n!r}")
         pieces = self.pieces()
         counts = [_piece_rows(p) for p in pieces]
         total = sum(counts)
+        if total == 0:
+            raise DataError(f"cannot shard {self!r}: the data has no rows")
         if n > total:
             raise ConfigError(
                 f"cannot make {n} shards of {total} rows: every shard would need at least one "
@@ -318,7 +321,7 @@ class DataConnector:
         total = self.num_rows
         if self._single_duckdb() is not None or total is None:
             table = self.to_arrow() if limit is None else self._head(limit)
-            return table.to_pandas(split_blocks=True, self_destruct=True)
+            return table.to_pandas(split_blocks=True)  # never self_destruct: tables may be shared
         total = total if limit is None else min(limit, total)
         schema = self.schema
         numeric = [f.name for f in schema if _streams_to_numpy(f.type)]
