@@ -50,10 +50,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_cluster() -> None:
-    """An embedded Ray shared by the whole test session (started on first use; shut down in
-    ``pytest_sessionfinish``)."""
+    """An embedded Ray shared by the whole test session: started on first use (again after a
+    test that needed its own cluster), shut down in ``pytest_sessionfinish``."""
     import mlruntime
 
     mlruntime.init(num_cpus=TEST_RAY_CPUS)

@@ -128,3 +128,13 @@ def test_shuffle_keeps_rows_aligned_across_columns() -> None:
     table = pa.table({"id": np.arange(5000), "twice": np.arange(5000) * 2})
     for batch in DataConnector.from_dataframe(table).to_batches(64, shuffle=True, seed=1):
         assert (batch["twice"] == batch["id"] * 2).all()
+
+
+def test_pickled_shard_of_an_in_memory_table_carries_only_its_rows() -> None:
+    dc = DataConnector.from_dataframe(sample_table(0, 200_000))
+    shard = dc.shard(100)[7]
+    payload = pickle.dumps(shard)
+    assert len(payload) < 200_000 * 16 / 50  # ~1/100 of the table, not all of it
+    back = pickle.loads(payload)
+    assert shard_ids(back) == list(range(14_000, 16_000))
+    assert "rows=2000" in repr(back)

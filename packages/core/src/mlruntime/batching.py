@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,13 @@ class Piece:
         """Rows in the piece, if known without reading."""
         total = self.fragment.num_rows if self.stop is None else self.stop
         return None if total is None else total - self.start
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if not self.whole and self.stop is not None:
+            narrowed = self.fragment.narrow(self.start, self.stop)
+            if narrowed is not None:  # ship only the piece's own rows
+                return (Piece, (narrowed, 0, None))
+        return (Piece, (self.fragment, self.start, self.stop))
 
     def read(self, columns: Sequence[str] | None) -> pa.Table:
         """Read the piece's rows as an Arrow table."""

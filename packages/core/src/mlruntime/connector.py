@@ -30,7 +30,7 @@ from mlruntime.batching import (
 from mlruntime.convert import column_to_numpy
 from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerError
 from mlruntime.inputs import DuckDBSource, RayDatasetSource, source_from_object
-from mlruntime.sources import ParquetSource, Source, check_same_schema
+from mlruntime.sources import Fragment, ParquetSource, Source, check_same_schema
 
 __all__ = ["DataConnector", "ShardedDataConnector"]
 
@@ -436,6 +436,7 @@ class DataConnector:
         import mlruntime.runtime
 
         mlruntime.runtime.init()
+        _release_warm_workers()  # Ray Data's read tasks need the CPUs warm workers hold
         import ray.data
 
         if (
@@ -468,12 +469,49 @@ class DataConnector:
         state = dict(self.__dict__)
         state.pop("_lock", None)
         state.pop("_epoch", None)
+        if self._pieces is not None:
+            # A shard travels with its pieces only; the full sources (whole in-memory tables,
+            # DuckDB relations) stay on the driver.
+            state["_schema"] = self._full_schema()
+            state["_sources"] = [
+                _PlannedSource(state["_schema"], s.describe()) for s in self._sources
+            ]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._epoch = itertools.count()
+
+
+class _PlannedSource(Source):
+    """Stands in for a source inside a shard sent to a worker (the shard's pieces carry the
+    rows)."""
+
+    def __init__(self, schema: pa.Schema, description: str) -> None:
+        self._schema = schema
+        self._description = description
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    @property
+    def num_rows(self) -> int | None:
+        return None
+
+    def fragments(self) -> list[Fragment]:
+        raise ConfigError(f"{self._description} stays on the driver; this process holds a shard")
+
+    def describe(self) -> str:
+        return self._description
+
+
+def _release_warm_workers() -> None:
+    import sys
+
+    if "mlruntime.distributor" in sys.modules:
+        sys.modules["mlruntime.distributor"].release_idle_groups()
 
 
 def _streams_to_numpy(typ: pa.DataType) -> bool:
@@ -537,16 +575,13 @@ class ShardedDataConnector:
 
 
 def _current_rank() -> tuple[int, int]:
+    from mlruntime.context import get_context
+
     try:
-        from mlruntime.context import get_context
-    except ImportError:  # the runtime's context module is not there yet
-        get_context = None
-    if get_context is not None:
-        try:
-            ctx = get_context()
-            return ctx.get_rank(), ctx.get_world_size()
-        except NotInWorkerError:
-            pass
+        ctx = get_context()
+        return ctx.get_rank(), ctx.get_world_size()
+    except NotInWorkerError:
+        pass
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     raise NotInWorkerError(

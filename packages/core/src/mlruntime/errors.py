@@ -81,7 +81,17 @@ class PluginWarning(UserWarning):
 
 
 class WorkerError(MLRuntimeError, RuntimeError):
-    """One or more distributed workers failed; carries every failed rank's error."""
+    """One or more distributed workers failed; carries every failed rank's error.
+
+    Attributes:
+        failures: One record per failed rank (rank, error type, message, traceback).
+        attempts: With restarts, what happened in each attempt.
+    """
+
+    def __init__(self, message: str, failures: object = (), attempts: object = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)  # type: ignore[call-overload]
+        self.attempts = list(attempts)  # type: ignore[call-overload]
 
 
 class NotInWorkerError(MLRuntimeError, RuntimeError):

@@ -106,8 +106,12 @@ class RayDatasetSource(Source):
 
     def fragments(self) -> list[Fragment]:
         if self._fragments is None:
+            import sys
+
             import ray
 
+            if "mlruntime.distributor" in sys.modules:  # Ray Data needs the CPUs they hold
+                sys.modules["mlruntime.distributor"].release_idle_groups()
             refs = self.dataset.to_arrow_refs()
             counts = ray.get([_count_rows.remote(ref) for ref in refs]) if refs else []
             self._fragments = [

@@ -124,6 +124,8 @@ def shutdown() -> None:
     """Disconnect from Ray; an embedded Ray started by :func:`init` is stopped."""
     global _started_by_us
     with _lock:
+        if "mlruntime.distributor" in sys.modules:
+            sys.modules["mlruntime.distributor"].release_idle_groups()
         if is_initialized():
             import ray
 

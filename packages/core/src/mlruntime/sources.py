@@ -59,6 +59,10 @@ class Fragment(ABC):
     def describe(self) -> str:
         """Short human description, for errors and reprs."""
 
+    def narrow(self, start: int, stop: int) -> Fragment | None:
+        """A fragment of only rows ``[start, stop)`` if one is cheap to make, else ``None``."""
+        return None
+
 
 class Source(ABC):
     """A table described lazily: schema, cheap row count, and fragments."""
@@ -415,6 +419,9 @@ class ArrowFragment(Fragment):
 
     def describe(self) -> str:
         return f"{self.label}[{self.num_rows} rows]"
+
+    def narrow(self, start: int, stop: int) -> ArrowFragment:
+        return ArrowFragment(self.table.slice(start, stop - start), self.label)
 
     def __reduce__(self) -> tuple[Any, ...]:
         sink = io.BytesIO()

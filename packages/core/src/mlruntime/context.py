@@ -1,0 +1,229 @@
+"""What a worker knows inside a distributed job: ranks, data, hyper-parameters, reporting.
+
+``get_context()`` works inside a function a distributor runs (``train_func``); elsewhere it
+raises :class:`~mlruntime.errors.NotInWorkerError`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlruntime.errors import ConfigError, NotInWorkerError
+
+__all__ = ["Checkpoint", "Context", "RankInfo", "get_context"]
+
+
+class Checkpoint:
+    """A snapshot to resume from: a directory or a dict of (picklable) state.
+
+    Directory checkpoints travel as a tar archive, so they reach the driver (and a restarted
+    worker on any node) without shared storage.
+
+    Example:
+        >>> ckpt = Checkpoint.from_dict({"round": 3})
+        >>> ckpt.to_dict()["round"]
+        3
+    """
+
+    def __init__(self, *, data: dict[str, Any] | None = None, archive: bytes | None = None):
+        self._data = data
+        self._archive = archive
+        self.path: Path | None = None  # where the driver stored it, once stored
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        """A checkpoint holding ``data``.
+
+        Raises:
+            ConfigError: If ``data`` is not a dict.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"Checkpoint.from_dict needs a dict, got {type(data).__name__}")
+        return cls(data=dict(data))
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        """A checkpoint holding a copy of the files under ``path``.
+
+        Raises:
+            ConfigError: If ``path`` is not a directory.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ConfigError(f"checkpoint directory {folder} does not exist")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for item in sorted(folder.iterdir()):
+                tar.add(item, arcname=item.name)
+        return cls(archive=buffer.getvalue())
+
+    @property
+    def is_directory(self) -> bool:
+        """Whether it was made from a directory."""
+        return self._archive is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state of a dict checkpoint.
+
+        Raises:
+            ConfigError: For a directory checkpoint.
+        """
+        if self._data is None:
+            raise ConfigError("this checkpoint holds a directory; use to_directory()")
+        return self._data
+
+    def to_directory(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the checkpoint's files to ``path`` (default: a new temporary folder).
+
+        A dict checkpoint is written as ``state.pkl``.
+        """
+        target = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="ckpt-"))
+        target.mkdir(parents=True, exist_ok=True)
+        if self._archive is not None:
+            with tarfile.open(fileobj=io.BytesIO(self._archive), mode="r") as tar:
+                tar.extractall(target, filter="data")
+        else:
+            with open(target / "state.pkl", "wb") as handle:
+                pickle.dump(self._data, handle)
+        return target
+
+    def __repr__(self) -> str:
+        kind = "directory" if self.is_directory else "dict"
+        where = f", path={str(self.path)!r}" if self.path else ""
+        return f"Checkpoint({kind}{where})"
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """Where one worker sits in the group."""
+
+    world_rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    node_ip: str
+    node_id: str
+    gpu_ids: tuple[str, ...] = ()
+    local_device: int | None = None
+
+
+@dataclass
+class Context:
+    """Everything a worker of a distributed job can ask for. Get it with :func:`get_context`."""
+
+    rank_info: RankInfo
+    master_addr: str
+    master_port: int
+    dataset_map: dict[str, Any] = field(default_factory=dict)
+    hyper_params: dict[str, Any] = field(default_factory=dict)
+    model_dir: str = ""
+    checkpoint: Checkpoint | None = None
+    attempt: int = 0
+    reporter: Any = None
+
+    def get_world_size(self) -> int:
+        """Number of workers in the job."""
+        return self.rank_info.world_size
+
+    def get_rank(self) -> int:
+        """This worker's global rank (0 .. world size - 1)."""
+        return self.rank_info.world_rank
+
+    def get_local_rank(self) -> int:
+        """This worker's rank among the workers of its node."""
+        return self.rank_info.local_rank
+
+    def get_local_world_size(self) -> int:
+        """Number of workers on this worker's node."""
+        return self.rank_info.local_world_size
+
+    def get_node_rank(self) -> int:
+        """Index of this worker's node among the job's nodes."""
+        return self.rank_info.node_rank
+
+    def get_master_addr(self) -> str:
+        """Address of rank 0's node, for framework rendezvous."""
+        return self.master_addr
+
+    def get_master_port(self) -> int:
+        """A free port on rank 0's node, for framework rendezvous."""
+        return self.master_port
+
+    def get_dataset_map(self) -> dict[str, Any]:
+        """The job's datasets: DataConnectors already sharded for this rank, or
+        ShardedDataConnectors to call ``get_shard()`` on."""
+        return self.dataset_map
+
+    def get_hyper_params(self) -> dict[str, Any]:
+        """The hyper-parameters passed to ``run``, with their Python types."""
+        return self.hyper_params
+
+    def get_model_dir(self) -> str:
+        """A folder for this job's outputs (shared by the ranks of one node)."""
+        return self.model_dir
+
+    def get_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint reported before a restart, or ``None`` on a fresh start."""
+        return self.checkpoint
+
+    def get_attempt(self) -> int:
+        """0 for the first attempt, then 1, 2 ... after each restart."""
+        return self.attempt
+
+    def phase(self, name: str) -> None:
+        """Tell the driver's progress output that rank 0 entered a phase (``"loading data"``,
+        ``"training"``); the summary then times it."""
+        if self.reporter is not None and self.get_rank() == 0:
+            self.reporter.phase.remote(str(name))
+
+    def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
+        """Report metrics (rank 0's are kept as the job's) and optionally a checkpoint.
+
+        A checkpoint is stored by the driver before this returns, so a restart after it
+        resumes from it. Only rank 0's checkpoints are kept.
+
+        Raises:
+            ConfigError: If ``metrics`` is not a dict or ``checkpoint`` is not a Checkpoint.
+        """
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise ConfigError(
+                "checkpoint must be a mlruntime Checkpoint (Checkpoint.from_dict / "
+                f"from_directory), got {type(checkpoint).__name__}"
+            )
+        if self.reporter is None or self.get_rank() != 0:
+            return
+        import ray
+
+        ray.get(self.reporter.report.remote(dict(metrics), checkpoint))
+
+
+_current: Context | None = None
+
+
+def get_context() -> Context:
+    """The context of the distributed job this code runs in.
+
+    Raises:
+        NotInWorkerError: Outside a worker of a distributed job.
+    """
+    if _current is None:
+        raise NotInWorkerError(
+            "get_context() only works inside a function run by a distributor (e.g. the "
+            "train_func given to PyTorchDistributor.run); this process is not such a worker"
+        )
+    return _current
+
+
+def _set_context(context: Context | None) -> None:
+    global _current
+    _current = context

@@ -1,0 +1,439 @@
+"""The launch path every trainer shares: connect, resolve scaling, shard, place, run, restart.
+
+A framework plugin subclasses :class:`Distributor` and supplies a :class:`Backend` (how its
+processes join: environment, process-group set-up and tear-down); core owns the rest. A worker
+group of the same shape is kept warm between jobs of one session, so a second job starts in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlruntime.connector import DataConnector, ShardedDataConnector
+from mlruntime.context import Checkpoint, Context, RankInfo, get_context
+from mlruntime.errors import ConfigError, WorkerError
+from mlruntime.scaling import FailureConfig, ResolvedScaling, ScalingConfig, resolve_scaling
+from mlruntime.workers import RankFailure, WorkerGroup
+
+__all__ = ["AttemptRecord", "Backend", "Distributor", "Progress", "Result"]
+
+
+class Backend:
+    """How one framework's processes join a job; runs inside the workers.
+
+    Subclass and override what the framework needs. Instances must be picklable.
+    """
+
+    name = "generic"
+
+    def worker_env(self, rank: RankInfo, master_addr: str, master_port: int) -> dict[str, str]:
+        """Environment variables for one rank (e.g. torchrun's RANK, WORLD_SIZE ...)."""
+        return {}
+
+    def setup(self, context: Context) -> None:
+        """Called on every rank before the user function (e.g. init the process group)."""
+
+    def teardown(self, context: Context) -> None:
+        """Called on every rank after the user function, even when it failed."""
+
+
+@dataclass
+class AttemptRecord:
+    """What happened in one attempt of a job."""
+
+    attempt: int
+    seconds: float
+    failures: list[str]
+    resumed_from_checkpoint: bool
+
+    def __str__(self) -> str:
+        resumed = " (resumed from checkpoint)" if self.resumed_from_checkpoint else ""
+        return f"attempt {self.attempt}{resumed}, {self.seconds:.1f}s: " + "; ".join(self.failures)
+
+
+@dataclass
+class Result:
+    """What a distributed job returns."""
+
+    metrics: dict[str, Any]
+    metrics_history: list[dict[str, Any]]
+    checkpoint: Checkpoint | None
+    return_values: list[Any]
+    model_dir: str
+    checkpoint_location: str | None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Rank 0's last reported metrics."""
+        return self.metrics
+
+    def get_metrics_history(self) -> list[dict[str, Any]]:
+        """Every metrics dict rank 0 reported, in order."""
+        return self.metrics_history
+
+    def get_model_dir(self) -> str:
+        """The job's model folder."""
+        return self.model_dir
+
+    def get_checkpoint_location(self) -> str | None:
+        """Folder of the last stored checkpoint, or ``None``."""
+        return self.checkpoint_location
+
+    def get_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint rank 0 reported."""
+        return self.checkpoint
+
+
+class Progress:
+    """Prints a job's phases and rank 0's metrics, then a summary with phase timings.
+
+    Args:
+        name: The job's label.
+        enabled: ``False`` prints nothing (also when ``MLRUNTIME_QUIET`` is set).
+    """
+
+    def __init__(self, name: str, enabled: bool = True) -> None:
+        self.name = name
+        self.enabled = enabled and not os.environ.get("MLRUNTIME_QUIET")
+        self.timings: dict[str, float] = {}
+        self._phase: str | None = None
+        self._started = time.perf_counter()
+        self._phase_started = self._started
+
+    def say(self, message: str) -> None:
+        """Print one line."""
+        if self.enabled:
+            print(f"[mlruntime {self.name}] {message}", file=sys.stdout, flush=True)
+
+    def phase(self, name: str, message: str | None = None) -> None:
+        """Close the current phase (recording its time) and start ``name``."""
+        now = time.perf_counter()
+        if self._phase is not None:
+            self.timings[self._phase] = self.timings.get(self._phase, 0.0) + (
+                now - self._phase_started
+            )
+        self._phase, self._phase_started = name, now
+        if message:
+            self.say(message)
+
+    def metrics(self, metrics: dict[str, Any]) -> None:
+        """Print one metrics report of rank 0."""
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        self.say(f"  {shown}")
+
+    def finish(self) -> dict[str, float]:
+        """Close the last phase, print the summary and return the timings."""
+        self.phase("done")
+        total = time.perf_counter() - self._started
+        self.timings["total"] = total
+        parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items() if k != "total")
+        self.say(f"finished in {total:.2f}s ({parts})")
+        return self.timings
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+def _entry(backend: Backend, fn: Callable[..., Any], env: list[dict[str, str]]) -> Any:
+    """Runs on every rank: environment, backend set-up, the user function, tear-down."""
+    context = get_context()
+    os.environ.update(env[context.get_rank()])
+    Path(context.get_model_dir()).mkdir(parents=True, exist_ok=True)
+    backend.setup(context)
+    try:
+        return fn()
+    finally:
+        backend.teardown(context)
+
+
+KEEP_WARM_S = float(os.environ.get("MLRUNTIME_KEEP_WARM_S", "30"))
+"""How long a finished job's workers stay up for the next job of the same shape (0: never).
+Warm workers hold their CPUs/GPUs, so they are released after this idle time, before any other
+placement, and before mlruntime itself runs Ray tasks (``to_ray_dataset``)."""
+
+_idle: dict[tuple[Any, ...], WorkerGroup] = {}
+_idle_since: dict[tuple[Any, ...], float] = {}
+_idle_lock = threading.Lock()
+
+
+def release_idle_groups(older_than: float = 0.0) -> None:
+    """Stop the worker groups kept warm between jobs (idle for more than ``older_than`` s).
+
+    ``mlruntime.shutdown`` calls this; so does a timer ``KEEP_WARM_S`` after each job.
+    """
+    now = time.monotonic()
+    with _idle_lock:
+        stale = [k for k in _idle if now - _idle_since.get(k, now) >= older_than]
+        groups = [_idle.pop(k) for k in stale]
+        for k in stale:
+            _idle_since.pop(k, None)
+    for group in groups:
+        try:
+            group.shutdown()
+        except Exception:
+            pass
+
+
+def _acquire(scaling: ResolvedScaling, key: tuple[Any, ...], progress: Progress) -> WorkerGroup:
+    with _idle_lock:
+        group = _idle.pop(key, None)
+        others = list(_idle.values())
+        _idle.clear()
+        _idle_since.clear()
+    for other in others:  # free their resources for this job
+        other.shutdown()
+    if group is not None and group.alive():
+        progress.say(f"reusing {scaling.describe()} kept warm")
+        return group
+    if group is not None:
+        group.shutdown()
+    progress.say(f"placing {scaling.describe()}")
+    group = WorkerGroup(scaling, name=progress.name)
+    group.start()
+    return group
+
+
+def _release(group: WorkerGroup, key: tuple[Any, ...]) -> None:
+    if KEEP_WARM_S <= 0:
+        group.shutdown()
+        return
+    with _idle_lock:
+        previous = _idle.pop(key, None)
+        _idle[key] = group
+        _idle_since[key] = time.monotonic()
+    if previous is not None and previous is not group:
+        previous.shutdown()
+    timer = threading.Timer(
+        KEEP_WARM_S + 0.1, release_idle_groups, kwargs={"older_than": KEEP_WARM_S}
+    )
+    timer.daemon = True
+    timer.start()
+
+
+class Distributor:
+    """Base of the framework distributors and estimators: one launch/shard/restart path.
+
+    Args:
+        scaling_config: Job shape (default: auto).
+        failure_config: Restarts allowed when a worker process dies (default: none).
+        verbose: Print phases, rank 0's metrics and a timing summary.
+    """
+
+    backend: Backend = Backend()
+    name = "job"
+
+    def __init__(
+        self,
+        scaling_config: ScalingConfig | None = None,
+        failure_config: FailureConfig | None = None,
+        *,
+        verbose: bool = True,
+    ) -> None:
+        if scaling_config is not None and not isinstance(scaling_config, ScalingConfig):
+            raise ConfigError(
+                f"scaling_config must be a ScalingConfig, got {type(scaling_config).__name__}"
+            )
+        if failure_config is not None and not isinstance(failure_config, FailureConfig):
+            raise ConfigError(
+                f"failure_config must be a FailureConfig, got {type(failure_config).__name__}"
+            )
+        self.scaling_config = scaling_config or ScalingConfig()
+        self.failure_config = failure_config or FailureConfig()
+        self.verbose = verbose
+
+    def resolve(self) -> ResolvedScaling:
+        """Connect to Ray and resolve the scaling config against the live cluster."""
+        from mlruntime.runtime import get_nodes, init
+
+        init()
+        return resolve_scaling(self.scaling_config, get_nodes())
+
+    def launch(
+        self,
+        fn: Callable[[], Any],
+        *,
+        dataset_map: dict[str, Any] | None = None,
+        hyper_params: dict[str, Any] | None = None,
+        artifact_location: str | os.PathLike[str] | None = None,
+        equal_shards: bool = False,
+        on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Result:
+        """Run ``fn`` (no arguments; it calls ``get_context()``) on every worker.
+
+        Raises:
+            ConfigError: For a non-callable or non-picklable ``fn``, or ``dataset_map`` values
+                that are not DataConnectors — before any worker starts.
+            ResourceError: If the scaling request cannot be met.
+            WorkerError: If ranks fail (after the allowed restarts), with every rank's error
+                and the history of attempts.
+        """
+        progress = Progress(self.name, self.verbose)
+        _check_callable(fn)
+        datasets = _check_dataset_map(dataset_map)
+        params = dict(hyper_params or {})
+        progress.phase("connect", "connecting to Ray")
+        scaling = self.resolve()
+        run_dir = Path(artifact_location) if artifact_location else _default_run_dir(self.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = str(run_dir / "model")
+        checkpoint_dir = run_dir / "checkpoints"
+        per_rank = _shard_datasets(datasets, scaling.num_workers, equal_shards)
+        key = (scaling, type(self.backend).__qualname__)
+        attempts: list[AttemptRecord] = []
+        checkpoint: Checkpoint | None = None
+        attempt = 0
+        while True:
+            progress.phase("place")
+            group = _acquire(scaling, key, progress)
+            import ray
+
+            ray.get(group.state.reset.remote(checkpoint))
+            contexts = group.contexts(
+                hyper_params=params,
+                model_dir=model_dir,
+                checkpoint=checkpoint,
+                attempt=attempt,
+                dataset_maps=per_rank,
+            )
+            envs = [
+                self.backend.worker_env(info, group.master_addr, group.master_port)
+                for info in group.ranks
+            ]
+            progress.phase(
+                "train",
+                f"training on {scaling.describe()}"
+                + (f" (attempt {attempt + 1})" if attempt else ""),
+            )
+            seen = [0]
+
+            def poll(group: WorkerGroup = group, seen: list[int] = seen) -> None:
+                events = ray.get(group.state.poll.remote(seen[0]))
+                seen[0] += len(events)
+                for kind, payload in events:
+                    if kind == "phase":
+                        progress.phase(payload, payload)
+                    else:
+                        (on_metrics or progress.metrics)(payload)
+
+            started = time.perf_counter()
+            try:
+                values = group.run(_entry, self.backend, fn, envs, contexts=contexts, on_poll=poll)
+            except WorkerError as err:
+                history, last, _ = ray.get(group.state.snapshot.remote())
+                group.shutdown()
+                if last is not None:
+                    checkpoint = last
+                record = AttemptRecord(
+                    attempt,
+                    time.perf_counter() - started,
+                    [str(f) for f in err.failures],
+                    contexts[0].checkpoint is not None,
+                )
+                attempts.append(record)
+                died = any(isinstance(f, RankFailure) and f.died for f in err.failures)
+                limit = self.failure_config.max_failures
+                if not died or (limit != -1 and attempt >= limit):
+                    if attempt:
+                        message = f"{err}\nattempts:\n" + "\n".join(f"  {a}" for a in attempts)
+                    else:
+                        message = str(err)
+                    raise WorkerError(message, failures=err.failures, attempts=attempts) from None
+                progress.say(
+                    f"a worker died ({record}); restarting the group"
+                    + (" from the last checkpoint" if checkpoint else "")
+                )
+                attempt += 1
+                continue
+            poll()
+            history, last, _ = ray.get(group.state.snapshot.remote())
+            _release(group, key)
+            break
+        location = None
+        if last is not None:
+            location = str(_store_checkpoint(last, checkpoint_dir, len(history)))
+        timings = progress.finish()
+        return Result(
+            metrics=history[-1] if history else {},
+            metrics_history=history,
+            checkpoint=last,
+            return_values=values,
+            model_dir=model_dir,
+            checkpoint_location=location,
+            attempts=attempts,
+            timings=timings,
+        )
+
+
+def _default_run_dir(name: str) -> Path:
+    from mlruntime.session import mlruntime_home
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return mlruntime_home() / "runs" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _store_checkpoint(checkpoint: Checkpoint, folder: Path, index: int) -> Path:
+    target = folder / f"checkpoint_{index:06d}"
+    staging = folder / f".staging-{uuid.uuid4().hex}"
+    checkpoint.to_directory(staging)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    checkpoint.path = target
+    return target
+
+
+def _check_callable(fn: Any) -> None:
+    if not callable(fn):
+        raise ConfigError(f"train_func must be callable, got {type(fn).__name__}")
+    try:
+        import ray.cloudpickle as cloudpickle
+
+        cloudpickle.dumps(fn)
+    except Exception as exc:
+        raise ConfigError(
+            f"train_func {getattr(fn, '__name__', fn)!r} cannot be sent to workers: it is not "
+            f"picklable ({type(exc).__name__}: {exc}); define it at module level and avoid "
+            "capturing locks, open files or connections"
+        ) from exc
+
+
+def _check_dataset_map(dataset_map: Any) -> dict[str, Any]:
+    if dataset_map is None:
+        return {}
+    if not isinstance(dataset_map, dict):
+        raise ConfigError(
+            f"dataset_map must be a dict of name -> DataConnector, got {type(dataset_map).__name__}"
+        )
+    for name, value in dataset_map.items():
+        if not isinstance(value, (DataConnector, ShardedDataConnector)):
+            raise ConfigError(
+                f"dataset_map[{name!r}] is a {type(value).__name__}; wrap it with "
+                "DataConnector.from_dataframe(...) or DataConnector.from_sources(...)"
+            )
+    return dict(dataset_map)
+
+
+def _shard_datasets(datasets: dict[str, Any], world: int, equal: bool) -> list[dict[str, Any]]:
+    """Plan each rank's part on the driver: pieces only; the workers read the rows."""
+    per_rank: list[dict[str, Any]] = [{} for _ in range(world)]
+    for name, value in datasets.items():
+        if isinstance(value, ShardedDataConnector):
+            for rank_map in per_rank:
+                rank_map[name] = value
+            continue
+        for rank, shard in enumerate(value.shard(world, equal=equal)):
+            per_rank[rank][name] = shard
+    return per_rank

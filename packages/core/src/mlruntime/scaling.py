@@ -1,0 +1,210 @@
+"""How many workers a job gets and what each holds, resolved against the live cluster.
+
+``-1`` / ``None`` mean auto: with GPUs, one worker per GPU on every node; without, one worker per
+node using that node's CPUs. Impossible requests fail before any actor starts, saying what was
+asked and what exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mlruntime.errors import ConfigError, ResourceError
+from mlruntime.runtime import NodeInfo
+
+__all__ = [
+    "FailureConfig",
+    "ResolvedScaling",
+    "ScalingConfig",
+    "WorkerResourceConfig",
+    "resolve_scaling",
+]
+
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+
+
+@dataclass(frozen=True)
+class WorkerResourceConfig:
+    """Resources of one worker.
+
+    Args:
+        num_cpus: Logical CPUs (``-1``: auto).
+        num_gpus: GPUs (``None``: auto — one if the job uses GPUs, else none). A fraction below
+            one shares a GPU; above one it must be a whole number.
+        memory: Bytes of memory to reserve, or ``None``.
+
+    Raises:
+        ConfigError: For a non-positive CPU count, a negative or fractional-above-one GPU count,
+            or a non-positive memory.
+    """
+
+    num_cpus: float = -1
+    num_gpus: float | None = None
+    memory: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus != -1 and (not _is_number(self.num_cpus) or self.num_cpus <= 0):
+            raise ConfigError(f"num_cpus must be > 0 or -1 (auto), got {self.num_cpus!r}")
+        if self.num_gpus is not None:
+            if not _is_number(self.num_gpus) or self.num_gpus < 0:
+                raise ConfigError(f"num_gpus must be >= 0 or None (auto), got {self.num_gpus!r}")
+            if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+                raise ConfigError(
+                    f"num_gpus={self.num_gpus} is not possible: use a whole number of GPUs, or a "
+                    "fraction below 1 to share one GPU"
+                )
+        if self.memory is not None and (not _is_number(self.memory) or self.memory <= 0):
+            raise ConfigError(f"memory must be a positive number of bytes, got {self.memory!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """The shape of a distributed job; each framework's config maps onto this one.
+
+    Args:
+        num_workers: Workers in all (``-1``: auto).
+        resources_per_worker: CPUs/GPUs/memory of each worker.
+        use_gpu: ``None``: use GPUs if the cluster has any; ``True``: require them;
+            ``False``: CPUs only.
+        placement_strategy: Ray placement strategy (``"SPREAD"`` by default: across nodes).
+
+    Raises:
+        ConfigError: For ``num_workers`` of 0 or below -1, or an unknown strategy.
+    """
+
+    num_workers: int = -1
+    resources_per_worker: WorkerResourceConfig = field(default_factory=WorkerResourceConfig)
+    use_gpu: bool | None = None
+    placement_strategy: str = "SPREAD"
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or (self.num_workers == 0 or self.num_workers < -1)
+        ):
+            raise ConfigError(
+                f"num_workers must be a positive integer or -1 (auto), got {self.num_workers!r}"
+            )
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got "
+                f"{self.placement_strategy!r}"
+            )
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """What to do when a worker dies.
+
+    Args:
+        max_failures: Restarts of the whole group allowed (from the last reported checkpoint)
+            before the job fails; ``-1`` for unlimited.
+
+    Raises:
+        ConfigError: For a value below -1.
+    """
+
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_failures, bool)
+            or not isinstance(self.max_failures, int)
+            or (self.max_failures < -1)
+        ):
+            raise ConfigError(f"max_failures must be >= 0 or -1, got {self.max_failures!r}")
+
+
+@dataclass(frozen=True)
+class ResolvedScaling:
+    """A concrete job shape: ``num_workers`` workers of ``num_cpus``/``num_gpus`` each."""
+
+    num_workers: int
+    num_cpus: float
+    num_gpus: float
+    memory: int | None
+    use_gpu: bool
+    placement_strategy: str
+
+    def describe(self) -> str:
+        """``"2 workers x (1 CPU, 0 GPU)"``."""
+        return (
+            f"{self.num_workers} worker{'s' if self.num_workers != 1 else ''} x "
+            f"({self.num_cpus:g} CPU, {self.num_gpus:g} GPU)"
+        )
+
+
+def resolve_scaling(config: ScalingConfig, nodes: Sequence[NodeInfo]) -> ResolvedScaling:
+    """Resolve auto values against ``nodes`` and check the request can be placed.
+
+    Raises:
+        ResourceError: If the cluster cannot hold the request (the message says what was asked
+            and what exists).
+    """
+    alive = [n for n in nodes if n.num_cpus > 0 or n.num_gpus > 0]
+    if not alive:
+        raise ResourceError("the Ray cluster has no nodes with CPUs or GPUs")
+    total_cpus = sum(n.num_cpus for n in alive)
+    total_gpus = sum(n.num_gpus for n in alive)
+    have = f"the cluster has {len(alive)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs"
+    res = config.resources_per_worker
+    use_gpu = config.use_gpu
+    if use_gpu is None:
+        use_gpu = bool(res.num_gpus) if res.num_gpus is not None else total_gpus > 0
+    if use_gpu and total_gpus == 0:
+        raise ResourceError(f"use_gpu=True asks for GPUs, but {have}")
+    if not use_gpu and res.num_gpus:
+        raise ConfigError(f"num_gpus={res.num_gpus} per worker contradicts use_gpu=False")
+    gpus = (res.num_gpus if res.num_gpus is not None else 1.0) if use_gpu else 0.0
+
+    workers = config.num_workers
+    if workers == -1:
+        if use_gpu:
+            workers = sum(int(n.num_gpus // gpus) for n in alive if n.num_gpus >= gpus)
+        else:
+            workers = len([n for n in alive if n.num_cpus >= 1])
+    if workers <= 0:
+        raise ResourceError(f"no worker fits: each needs {gpus:g} GPU; {have}")
+
+    cpus = res.num_cpus
+    if cpus == -1:
+        if use_gpu:
+            per_node = [n.num_cpus / max(1, int(n.num_gpus // gpus)) for n in alive if n.num_gpus]
+            cpus = max(1.0, math.floor(min(per_node)))
+        elif config.num_workers == -1:
+            cpus = max(1.0, min(n.num_cpus for n in alive if n.num_cpus >= 1))
+        else:
+            cpus = max(1.0, math.floor(total_cpus / workers))
+            cpus = min(cpus, max(n.num_cpus for n in alive))
+
+    asked = f"{workers} worker(s) x ({cpus:g} CPU, {gpus:g} GPU)"
+    if gpus * workers > total_gpus + 1e-9:
+        raise ResourceError(f"{asked} needs {gpus * workers:g} GPUs, but {have}")
+    if cpus * workers > total_cpus + 1e-9:
+        raise ResourceError(f"{asked} needs {cpus * workers:g} CPUs, but {have}")
+    if not any(n.num_cpus >= cpus and n.num_gpus >= gpus for n in alive):
+        raise ResourceError(f"no single node can hold one worker of {asked}; {have}")
+    fits = sum(
+        min(
+            int(n.num_cpus // cpus) if cpus else workers,
+            int(n.num_gpus // gpus) if gpus else workers,
+        )
+        for n in alive
+    )
+    if fits < workers:
+        raise ResourceError(f"{asked} cannot be packed onto the nodes (room for {fits}); {have}")
+    return ResolvedScaling(
+        num_workers=workers,
+        num_cpus=float(cpus),
+        num_gpus=float(gpus),
+        memory=res.memory,
+        use_gpu=bool(use_gpu),
+        placement_strategy=config.placement_strategy,
+    )

@@ -1,0 +1,451 @@
+"""WorkerGroup: N Ray actors in a placement group that run a function on every rank.
+
+Each actor gets its resources, its ranks (world, local, node), thread limits matching its CPUs
+and ``CUDA_VISIBLE_DEVICES`` from Ray's GPU assignment. ``run`` gathers the results, fails fast
+when any rank fails (the others are stopped, nothing hangs) and raises one
+:class:`~mlruntime.errors.WorkerError` carrying every failed rank's exception and traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlruntime.context import Checkpoint, Context, RankInfo, _set_context
+from mlruntime.errors import ResourceError, WorkerError
+from mlruntime.scaling import ResolvedScaling
+
+__all__ = ["RankFailure", "WorkerGroup"]
+
+PLACEMENT_TIMEOUT_S = float(os.environ.get("MLRUNTIME_PLACEMENT_TIMEOUT_S", "60"))
+FAILURE_GRACE_S = 2.0
+"""After one rank fails, how long the others get to report their own errors before the kill."""
+
+
+@dataclass
+class RankFailure:
+    """One rank's failure: its exception, formatted traceback and whether its process died."""
+
+    rank: int
+    error_type: str
+    message: str
+    traceback: str
+    exception: BaseException | None = None
+    died: bool = False
+
+    def __str__(self) -> str:
+        what = "process died" if self.died else f"{self.error_type}: {self.message}"
+        return f"rank {self.rank}: {what}"
+
+
+class _RankPrefixed:
+    """A text stream that starts every line with ``[rank N] ``."""
+
+    def __init__(self, stream: Any, rank: int) -> None:
+        self._stream = stream
+        self._prefix = f"[rank {rank}] "
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_line_start:
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_line_start = piece.endswith("\n")
+        self._stream.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Worker:
+    """The actor behind one rank (its repr prefixes the worker's forwarded output)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        os.environ.update(env)
+        self.rank: int | None = None
+
+    def __repr__(self) -> str:
+        return f"rank={self.rank}" if self.rank is not None else "mlruntime-worker"
+
+    def describe(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {
+            "node_id": ctx.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+        }
+
+    def set_rank(self, info: RankInfo, visible_gpus: Sequence[str]) -> None:
+        self.rank = info.world_rank
+        if visible_gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus)
+
+    def free_port(self) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("", 0))
+            return int(sock.getsockname()[1])
+
+    def execute(
+        self,
+        fn: Callable[..., Any],
+        context: Context | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        import sys
+
+        _set_context(context)
+        streams = sys.stdout, sys.stderr
+        if self.rank is not None:  # Ray forwards worker output to the driver; say whose it is
+            sys.stdout = _RankPrefixed(sys.stdout, self.rank)
+            sys.stderr = _RankPrefixed(sys.stderr, self.rank)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the driver with its traceback
+            try:
+                import pickle
+
+                pickle.dumps(exc)
+                keep: BaseException | None = exc
+            except Exception:
+                keep = None
+            return RankFailure(
+                rank=self.rank if self.rank is not None else -1,
+                error_type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                exception=keep,
+            )
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            _set_context(None)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+class _JobState:
+    """A zero-CPU actor holding a job's reports: rank 0's metrics and phases, and its last
+    checkpoint. It outlives the workers, so a restart finds the last checkpoint here."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, checkpoint: Checkpoint | None = None) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.events: list[tuple[str, Any]] = []
+        self.checkpoint = checkpoint
+        self.checkpoints_reported = 0
+
+    def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+        self.history.append(metrics)
+        self.events.append(("metrics", metrics))
+        if checkpoint is not None:
+            self.checkpoint = checkpoint
+            self.checkpoints_reported += 1
+
+    def phase(self, name: str) -> None:
+        self.events.append(("phase", name))
+
+    def poll(self, since: int) -> list[tuple[str, Any]]:
+        return self.events[since:]
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], Checkpoint | None, int]:
+        return self.history, self.checkpoint, self.checkpoints_reported
+
+
+class WorkerGroup:
+    """N Ray actors placed by a placement group, with ranks.
+
+    Args:
+        scaling: The resolved job shape.
+        env: Extra environment variables for every worker.
+        name: A label for errors and logs.
+
+    Example:
+        >>> group = WorkerGroup(resolve_scaling(ScalingConfig(num_workers=2), get_nodes()))
+        >>> group.start()
+        >>> group.run(lambda: get_context().get_rank())
+        [0, 1]
+    """
+
+    def __init__(
+        self, scaling: ResolvedScaling, env: dict[str, str] | None = None, name: str = "job"
+    ) -> None:
+        self.scaling = scaling
+        self.env = dict(env or {})
+        self.name = name
+        self.actors: list[Any] = []
+        self.ranks: list[RankInfo] = []
+        self.state: Any = None
+        self._pg: Any = None
+        self.master_addr = ""
+        self.master_port = 0
+        self.timings: dict[str, float] = {}
+
+    @property
+    def size(self) -> int:
+        """Number of workers."""
+        return self.scaling.num_workers
+
+    def start(self) -> None:
+        """Reserve the placement group, start the actors and assign ranks.
+
+        Raises:
+            ResourceError: If the workers cannot be placed within the placement timeout.
+        """
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        started = time.perf_counter()
+        s = self.scaling
+        bundle: dict[str, float] = {"CPU": s.num_cpus}
+        if s.num_gpus:
+            bundle["GPU"] = s.num_gpus
+        if s.memory:
+            bundle["memory"] = float(s.memory)
+        self._pg = placement_group([dict(bundle)] * s.num_workers, strategy=s.placement_strategy)
+        self.state = ray.remote(num_cpus=0)(_JobState).remote()
+        ready, _ = ray.wait([self._pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            remove_placement_group(self._pg)
+            ray.kill(self.state)
+            available = ray.available_resources()
+            raise ResourceError(
+                f"could not place {s.describe()} within {PLACEMENT_TIMEOUT_S:g}s; available "
+                f"now: {available.get('CPU', 0):g} CPU, {available.get('GPU', 0):g} GPU (other "
+                "jobs may hold them)"
+            )
+        threads = str(max(1, int(s.num_cpus)))
+        env = {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            **self.env,
+        }
+        worker_cls = ray.remote(_Worker)
+        self.actors = [
+            worker_cls.options(
+                num_cpus=s.num_cpus,
+                num_gpus=s.num_gpus or None,
+                memory=s.memory,
+                max_concurrency=2,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=i
+                ),
+            ).remote(env)
+            for i in range(s.num_workers)
+        ]
+        infos = ray.get([a.describe.remote() for a in self.actors])
+        self._assign_ranks(infos)
+        visible = self._visible_gpus(infos)
+        ray.get(
+            [
+                a.set_rank.remote(r, visible[r.node_id])
+                for a, r in zip(self.actors, self.ranks, strict=True)
+            ]
+        )
+        self.master_addr = self.ranks[0].node_ip
+        self.master_port = ray.get(self.actors[0].free_port.remote())
+        self.timings["place"] = time.perf_counter() - started
+
+    def _assign_ranks(self, infos: list[dict[str, Any]]) -> None:
+        node_order: list[str] = []
+        for info in infos:
+            if info["node_id"] not in node_order:
+                node_order.append(info["node_id"])
+        order = sorted(
+            range(len(infos)),
+            key=lambda i: (node_order.index(infos[i]["node_id"]), infos[i]["gpu_ids"], i),
+        )
+        self.actors = [self.actors[i] for i in order]
+        infos = [infos[i] for i in order]
+        per_node = {n: [i for i in infos if i["node_id"] == n] for n in node_order}
+        self.ranks = []
+        for world_rank, info in enumerate(infos):
+            local = per_node[info["node_id"]]
+            local_rank = local.index(info)
+            node_gpus = sorted({g for i in local for g in i["gpu_ids"]}, key=_gpu_key)
+            device = node_gpus.index(info["gpu_ids"][0]) if info["gpu_ids"] else None
+            self.ranks.append(
+                RankInfo(
+                    world_rank=world_rank,
+                    world_size=len(infos),
+                    local_rank=local_rank,
+                    local_world_size=len(local),
+                    node_rank=node_order.index(info["node_id"]),
+                    node_ip=info["node_ip"],
+                    node_id=info["node_id"],
+                    gpu_ids=tuple(info["gpu_ids"]),
+                    local_device=device,
+                )
+            )
+
+    def _visible_gpus(self, infos: list[dict[str, Any]]) -> dict[str, list[str]]:
+        visible: dict[str, set[str]] = {}
+        for info in infos:
+            visible.setdefault(info["node_id"], set()).update(info["gpu_ids"])
+        return {node: sorted(ids, key=_gpu_key) for node, ids in visible.items()}
+
+    def contexts(self, **fields: Any) -> list[Context]:
+        """One :class:`Context` per rank sharing ``fields`` (dataset_map may be per rank)."""
+        per_rank_data = fields.pop("dataset_maps", None)
+        return [
+            Context(
+                rank_info=info,
+                master_addr=self.master_addr,
+                master_port=self.master_port,
+                reporter=self.state,
+                dataset_map=per_rank_data[info.world_rank] if per_rank_data else {},
+                **fields,
+            )
+            for info in self.ranks
+        ]
+
+    def run(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        contexts: Sequence[Context] | None = None,
+        rank_args: Sequence[tuple[Any, ...]] | None = None,
+        on_poll: Callable[[], None] | None = None,
+        poll_interval: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Run ``fn(*args, **kwargs)`` on every rank and return the results by rank.
+
+        Args:
+            fn: A picklable function.
+            contexts: Per-rank contexts made available through ``get_context()``.
+            rank_args: Per-rank positional arguments, used instead of ``args``.
+            on_poll: Called every ``poll_interval`` seconds while waiting (progress output).
+
+        Raises:
+            WorkerError: If any rank raised or died; carries every failure (``.failures``).
+                The group is shut down first.
+        """
+        import ray
+
+        if not self.actors:
+            raise WorkerError(f"{self.name}: the worker group is not started (or was stopped)")
+        refs = [
+            actor.execute.remote(
+                fn,
+                contexts[i] if contexts else None,
+                tuple(rank_args[i]) if rank_args else args,
+                kwargs,
+            )
+            for i, actor in enumerate(self.actors)
+        ]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        failures: dict[int, RankFailure] = {}
+        pending = list(refs)
+        deadline: float | None = None
+        while pending:
+            timeout = poll_interval
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            for ref in done:
+                rank = index[ref]
+                try:
+                    value = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    failures[rank] = RankFailure(rank, type(exc).__name__, str(exc), "", None, True)
+                    continue
+                except ray.exceptions.RayError as exc:
+                    failures[rank] = RankFailure(rank, type(exc).__name__, str(exc), str(exc))
+                    continue
+                if isinstance(value, RankFailure):
+                    value.rank = rank
+                    failures[rank] = value
+                else:
+                    results[rank] = value
+            if failures and deadline is None:
+                deadline = time.monotonic() + FAILURE_GRACE_S
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if on_poll is not None:
+                on_poll()
+        if failures:
+            self.kill_workers()  # stop the others now: nothing waits on a dead peer
+            raise WorkerError(
+                _failure_message(self.name, failures, len(refs)),
+                failures=[failures[r] for r in sorted(failures)],
+            )
+        return [results[i] for i in range(len(refs))]
+
+    def kill_workers(self) -> None:
+        """Kill the worker actors (the job state actor stays, so reports can still be read)."""
+        import ray
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+
+    def shutdown(self) -> None:
+        """Kill the actors and the job state, and release the placement group."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        self.kill_workers()
+        if self.state is not None:
+            try:
+                ray.kill(self.state, no_restart=True)
+            except Exception:
+                pass
+        self.state = None
+        if self._pg is not None:
+            try:
+                remove_placement_group(self._pg)
+            except Exception:
+                pass
+            self._pg = None
+
+    def alive(self) -> bool:
+        """Whether every actor still answers."""
+        import ray
+
+        if not self.actors:
+            return False
+        try:
+            ray.get([a.ping.remote() for a in self.actors], timeout=10)
+        except Exception:
+            return False
+        return True
+
+
+def _gpu_key(gpu: str) -> tuple[int, str]:
+    return (int(gpu), gpu) if gpu.isdigit() else (1 << 30, gpu)
+
+
+def _failure_message(name: str, failures: dict[int, RankFailure], world: int) -> str:
+    lines = [f"{name}: {len(failures)} of {world} rank(s) failed"]
+    for rank in sorted(failures):
+        failure = failures[rank]
+        lines.append(f"--- {failure}")
+        if failure.traceback:
+            lines.append(failure.traceback.rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,286 @@
+"""The shared launch path on a real Ray: ranks, context, sharded data, reports, checkpoints,
+fail-fast errors from every rank, restarts after a killed worker, warm reuse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mlruntime import DataConnector, ShardedDataConnector
+from mlruntime.context import Checkpoint, get_context
+from mlruntime.distributor import Backend, Distributor
+from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
+from mlruntime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
+from mlruntime.testing import sample_table
+
+TWO = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+
+
+def quiet(**kwargs: object) -> Distributor:
+    return Distributor(kwargs.pop("scaling", TWO), verbose=False, **kwargs)  # type: ignore[arg-type]
+
+
+def describe_rank() -> dict[str, object]:
+    ctx = get_context()
+    return {
+        "rank": ctx.get_rank(),
+        "world": ctx.get_world_size(),
+        "local_rank": ctx.get_local_rank(),
+        "local_world": ctx.get_local_world_size(),
+        "node_rank": ctx.get_node_rank(),
+        "master": (ctx.get_master_addr(), ctx.get_master_port()),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "params": ctx.get_hyper_params(),
+        "model_dir": ctx.get_model_dir(),
+        "checkpoint": ctx.get_checkpoint(),
+    }
+
+
+def test_get_context_outside_a_worker_is_a_clear_error() -> None:
+    with pytest.raises(NotInWorkerError, match="only works inside a function run by a distributor"):
+        get_context()
+
+
+def test_every_rank_gets_its_context(ray_cluster: None, tmp_path: Path) -> None:
+    params = {"lr": 0.01, "layers": [64, 32], "name": "mlp", "flag": True}
+    result = quiet().launch(describe_rank, hyper_params=params, artifact_location=tmp_path)
+    ranks = result.return_values
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert {r["world"] for r in ranks} == {2}
+    assert [r["local_rank"] for r in ranks] == [0, 1]
+    assert {r["local_world"] for r in ranks} == {2}
+    assert {r["node_rank"] for r in ranks} == {0}
+    addr, port = ranks[0]["master"]
+    assert addr == "127.0.0.1" and 1024 < port < 65536
+    assert {r["omp"] for r in ranks} == {"1"}  # thread limits match the worker's CPUs
+    assert ranks[1]["params"] == params  # Python types kept
+    assert ranks[0]["model_dir"] == str(tmp_path / "model")
+    assert ranks[0]["checkpoint"] is None
+    assert Path(result.get_model_dir()).is_dir()
+
+
+def count_shard_rows() -> tuple[list[int], list[int]]:
+    data = get_context().get_dataset_map()
+    train = data["train"].to_arrow().column("id").to_pylist()
+    lazy = data["lazy"].get_shard().to_arrow().column("id").to_pylist()
+    return train, lazy
+
+
+def test_dataset_map_is_sharded_per_rank(ray_cluster: None, tmp_path: Path) -> None:
+    table = sample_table(0, 1001)
+    result = quiet().launch(
+        count_shard_rows,
+        dataset_map={
+            "train": DataConnector.from_dataframe(table),
+            "lazy": ShardedDataConnector(DataConnector.from_dataframe(table)),
+        },
+        artifact_location=tmp_path,
+    )
+    (t0, l0), (t1, l1) = result.return_values
+    assert sorted(t0 + t1) == list(range(1001)) and not set(t0) & set(t1)
+    assert (len(t0), len(t1)) == (500, 501)
+    assert l0 == t0 and l1 == t1  # get_shard() picks this rank's part the same way
+    equal = quiet().launch(
+        count_shard_rows,
+        dataset_map={
+            "train": DataConnector.from_dataframe(table),
+            "lazy": ShardedDataConnector(DataConnector.from_dataframe(table)),
+        },
+        artifact_location=tmp_path,
+        equal_shards=True,
+    )
+    assert [len(v[0]) for v in equal.return_values] == [500, 500]
+
+
+def report_steps() -> int:
+    ctx = get_context()
+    ctx.phase("loading data")
+    ctx.phase("fitting")
+    for step in range(3):
+        ctx.report(
+            {"step": step, "loss": 1.0 / (step + 1)},
+            checkpoint=Checkpoint.from_dict({"step": step}),
+        )
+    return ctx.get_rank()
+
+
+def test_reports_and_checkpoints_reach_the_result(
+    ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = Distributor(TWO, verbose=True)
+    result = d.launch(report_steps, artifact_location=tmp_path)
+    assert result.get_metrics() == {"step": 2, "loss": 1.0 / 3}
+    assert [m["step"] for m in result.get_metrics_history()] == [0, 1, 2]
+    assert result.get_checkpoint().to_dict() == {"step": 2}
+    location = Path(result.get_checkpoint_location())
+    assert location.parent == tmp_path / "checkpoints" and (location / "state.pkl").exists()
+    out = capsys.readouterr().out
+    assert "connecting to Ray" in out and "training on 2 workers" in out
+    assert "step=2, loss=0.33333" in out and "finished in" in out
+    assert "] loading data" in out and "] fitting" in out
+    assert {"connect", "place", "train", "loading data", "fitting", "total"} <= set(result.timings)
+
+
+def two_ranks_fail() -> None:
+    raise ValueError(f"bad value on rank {get_context().get_rank()}")
+
+
+def test_errors_from_every_failed_rank_are_reported(ray_cluster: None, tmp_path: Path) -> None:
+    with pytest.raises(WorkerError) as info:
+        quiet().launch(two_ranks_fail, artifact_location=tmp_path)
+    err = info.value
+    assert [f.rank for f in err.failures] == [0, 1]
+    assert all(f.error_type == "ValueError" for f in err.failures)
+    text = str(err)
+    assert "2 of 2 rank(s) failed" in text
+    assert "bad value on rank 0" in text and "bad value on rank 1" in text
+    assert 'raise ValueError(f"bad value on rank' in text  # the tracebacks are there
+    assert isinstance(err.failures[1].exception, ValueError)
+
+
+def one_fails_one_hangs() -> None:
+    if get_context().get_rank() == 0:
+        raise RuntimeError("rank 0 gave up")
+    time.sleep(3600)  # like a rank stuck in a collective waiting for rank 0
+
+
+def test_a_hanging_rank_is_torn_down_when_another_fails(ray_cluster: None, tmp_path: Path) -> None:
+    with pytest.raises(WorkerError, match="1 of 2 rank") as info:
+        quiet().launch(one_fails_one_hangs, artifact_location=tmp_path)
+    assert [f.rank for f in info.value.failures] == [0]
+    # The group is gone and the next job gets fresh workers.
+    assert quiet().launch(describe_rank, artifact_location=tmp_path).return_values[1]["rank"] == 1
+
+
+def die_once_then_resume() -> dict[str, object]:
+    ctx = get_context()
+    start = ctx.get_checkpoint().to_dict()["step"] + 1 if ctx.get_checkpoint() else 0
+    for step in range(start, 6):
+        ctx.report({"step": step}, checkpoint=Checkpoint.from_dict({"step": step}))
+        if step == 2 and ctx.get_attempt() == 0 and ctx.get_rank() == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies for real
+        if ctx.get_attempt() == 0 and ctx.get_rank() == 1:
+            time.sleep(0.2)  # rank 1 keeps working until the group is torn down
+    return {"started_at": start, "attempt": ctx.get_attempt()}
+
+
+def test_killed_worker_restarts_the_group_from_the_last_checkpoint(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    d = quiet(failure_config=FailureConfig(max_failures=2))
+    result = d.launch(die_once_then_resume, artifact_location=tmp_path)
+    assert result.return_values[0] == {"started_at": 3, "attempt": 1}
+    assert [m["step"] for m in result.get_metrics_history()] == [3, 4, 5]
+    assert len(result.attempts) == 1
+    assert "process died" in str(result.attempts[0])
+    assert result.get_checkpoint().to_dict() == {"step": 5}
+
+
+def test_without_restarts_a_killed_worker_fails_with_the_history(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    with pytest.raises(WorkerError, match="rank 0: process died") as info:
+        quiet().launch(die_once_then_resume, artifact_location=tmp_path)
+    assert len(info.value.attempts) == 1
+
+
+def test_a_warm_group_is_reused_by_the_next_job(ray_cluster: None, tmp_path: Path) -> None:
+    d = quiet()
+    first = d.launch(os.getpid, artifact_location=tmp_path).return_values
+    second = d.launch(os.getpid, artifact_location=tmp_path).return_values
+    assert first == second  # same worker processes
+
+
+class RecordingBackend(Backend):
+    name = "recording"
+
+    def worker_env(self, rank, master_addr, master_port):  # type: ignore[no-untyped-def]
+        return {"MY_RANK": str(rank.world_rank), "MY_MASTER": f"{master_addr}:{master_port}"}
+
+    def setup(self, context):  # type: ignore[no-untyped-def]
+        os.environ["SET_UP"] = "yes"
+
+
+class RecordingDistributor(Distributor):
+    backend = RecordingBackend()
+
+
+def read_backend_env() -> tuple[str | None, str | None, str | None]:
+    return os.environ.get("MY_RANK"), os.environ.get("MY_MASTER"), os.environ.get("SET_UP")
+
+
+def test_backend_sets_env_and_runs_setup(ray_cluster: None, tmp_path: Path) -> None:
+    result = RecordingDistributor(TWO, verbose=False).launch(
+        read_backend_env, artifact_location=tmp_path
+    )
+    (r0, m0, s0), (r1, m1, _) = result.return_values
+    assert (r0, r1, s0) == ("0", "1", "yes")
+    assert m0 == m1 and m0.startswith("127.0.0.1:")
+
+
+def test_bad_input_fails_before_any_worker_starts(tmp_path: Path) -> None:
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(ConfigError, match="train_func must be callable"):
+        quiet().launch(42, artifact_location=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not picklable"):
+        quiet().launch(lambda: lock.acquire(), artifact_location=tmp_path)
+    with pytest.raises(ConfigError, match=r"dataset_map\['train'\] is a list"):
+        quiet().launch(describe_rank, dataset_map={"train": [1, 2]}, artifact_location=tmp_path)
+    with pytest.raises(ConfigError, match="scaling_config must be a ScalingConfig"):
+        Distributor({"num_workers": 2})  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(180)
+def test_warm_workers_never_starve_ray_data(
+    ray_cluster: None, tmp_path: Path, parquet_dir: Path
+) -> None:
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    every_cpu = ScalingConfig(
+        num_workers=cpus, resources_per_worker=WorkerResourceConfig(num_cpus=1)
+    )
+    Distributor(every_cpu, verbose=False).launch(os.getpid, artifact_location=tmp_path)
+    ds = DataConnector.from_sources(parquet_dir).to_ray_dataset()  # needs CPUs for its reads
+    assert ds.count() == 300
+
+
+def test_idle_groups_are_released_after_keep_warm(ray_cluster: None, tmp_path: Path) -> None:
+    import ray
+
+    from mlruntime import distributor
+
+    cpus = ray.cluster_resources()["CPU"]
+    quiet().launch(os.getpid, artifact_location=tmp_path)
+    distributor.release_idle_groups(older_than=3600)  # not idle that long: kept
+    assert distributor._idle
+    distributor.release_idle_groups(older_than=0)
+    assert not distributor._idle
+
+    @ray.remote(num_cpus=cpus)
+    def needs_every_cpu() -> int:
+        return 1
+
+    assert ray.get(needs_every_cpu.remote(), timeout=60) == 1  # the CPUs are free again
+
+
+def print_lines() -> int:
+    print(f"hello from {get_context().get_rank()}\nsecond line", flush=True)
+    return os.getpid()
+
+
+def test_worker_output_is_prefixed_by_rank(ray_cluster: None, tmp_path: Path) -> None:
+    import ray
+
+    pids = quiet().launch(print_lines, artifact_location=tmp_path).return_values
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    for rank, pid in enumerate(pids):
+        (log,) = logs.glob(f"worker-*-{pid}.out")  # what Ray forwards to the driver
+        text = log.read_text()
+        assert f"[rank {rank}] hello from {rank}\n[rank {rank}] second line\n" in text

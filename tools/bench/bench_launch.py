@@ -1,0 +1,113 @@
+"""Benchmark of launch latency: from the ``run`` call to the first line of user code on every rank.
+
+2 workers x 1 CPU, Ray already up. In one run it measures mlruntime's ``Distributor`` (cold: new
+workers; warm: the group kept from the previous job) and, as baselines, Ray Train's
+``DataParallelTrainer`` (no framework backend) and ``TorchTrainer`` (gloo process group).
+Target (issue: runtime): ours <= 0.5x Ray Train's.
+
+Run: ``.venv/bin/python tools/bench/bench_launch.py [--repeat K]``. Each user function writes the
+wall-clock time of its first line to a file; latency = the latest of those minus the call time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+MARKS = Path(tempfile.gettempdir()) / "mlruntime-bench-launch"
+
+
+def mark_start(run_id: str) -> None:
+    """The first line of user code: record when this rank got here."""
+    now = time.time()
+    folder = MARKS / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}-{uuid.uuid4().hex}").write_text(repr(now))
+
+
+def latency(run_id: str, called_at: float, workers: int) -> float:
+    stamps = [float(p.read_text()) for p in (MARKS / run_id).iterdir()]
+    assert len(stamps) == workers, f"{run_id}: {len(stamps)} ranks reported, expected {workers}"
+    return max(stamps) - called_at
+
+
+def measure(launch: Callable[[str], None], repeat: int, workers: int = 2) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        run_id = uuid.uuid4().hex
+        called = time.time()
+        launch(run_id)
+        out.append(latency(run_id, called, workers))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+    import mlruntime
+    from mlruntime import Distributor, ScalingConfig, WorkerResourceConfig
+
+    mlruntime.init()
+    storage = tempfile.mkdtemp(prefix="mlruntime-bench-ray-train-")
+
+    def ours(run_id: str) -> None:
+        d = Distributor(
+            ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1)),
+            verbose=False,
+        )
+        d.launch(lambda: mark_start(run_id), artifact_location=storage)
+
+    def ours_cold(run_id: str) -> None:
+        from mlruntime.distributor import release_idle_groups
+
+        release_idle_groups()
+        ours(run_id)
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    def ray_train(trainer_cls: type) -> Callable[[str], None]:
+        def launch(run_id: str) -> None:
+            from mlruntime.distributor import release_idle_groups
+
+            release_idle_groups()  # warm workers would hold the CPUs Ray Train needs
+
+            trainer = trainer_cls(
+                lambda: mark_start(run_id),
+                scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
+                run_config=ray.train.RunConfig(storage_path=storage, name=run_id),
+            )
+            trainer.fit()
+
+        return launch
+
+    rows = [
+        ("mlruntime Distributor, cold (new workers)", measure(ours_cold, args.repeat)),
+        ("mlruntime Distributor, warm (group reused)", measure(ours, args.repeat)),
+        ("Ray Train DataParallelTrainer", measure(ray_train(DataParallelTrainer), args.repeat)),
+        ("Ray Train TorchTrainer", measure(ray_train(TorchTrainer), args.repeat)),
+    ]
+    print(f"\n{'launch -> first user line on every rank':<46}{'median s':>10}{'min s':>9}")
+    for name, values in rows:
+        print(f"{name:<46}{statistics.median(values):>10.3f}{min(values):>9.3f}")
+    torch_trainer = statistics.median(rows[3][1])
+    print("\ntargets (ours <= 0.5x Ray Train TorchTrainer):")
+    for name, values in rows[:2]:
+        ratio = statistics.median(values) / torch_trainer
+        print(f"  {name:<44} {ratio:6.3f}x {'ok' if ratio <= 0.5 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
