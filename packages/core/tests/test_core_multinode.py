@@ -13,22 +13,14 @@ from mlruntime.context import get_context
 from mlruntime.distributor import Distributor
 from mlruntime.errors import ResourceError
 from mlruntime.scaling import ScalingConfig
+from mlruntime.testing import simulated_cluster
 
 
 @pytest.fixture(scope="module")
 def three_nodes() -> Iterator[object]:
     """A head with 2 CPUs and no GPU, and two nodes with 2 CPUs and 2 (fake) GPUs each."""
-    from ray.cluster_utils import Cluster
-
-    mlruntime.shutdown()  # leave the shared single-node Ray for this module
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
-    cluster.add_node(num_cpus=2, num_gpus=2)
-    cluster.add_node(num_cpus=2, num_gpus=2)
-    cluster.wait_for_nodes()
-    mlruntime.init(address=cluster.address)
-    yield cluster
-    mlruntime.shutdown()
-    cluster.shutdown()
+    with simulated_cluster([(2, 0), (2, 2), (2, 2)]) as cluster:
+        yield cluster
 
 
 def placement() -> dict[str, object]:

@@ -8,3 +8,8 @@ from mlruntime.testing import PluginConformance
 class TestXgboostPluginConformance(PluginConformance):
     plugin_module = "mlruntime_xgboost.hooks"
     entry_point_name = "xgboost"
+    expected = {
+        "adapter": ["to_xgboost_dmatrix"],
+        "distributor": ["XGBEstimator", "XGBScalingConfig"],
+        "command": ["train xgboost"],
+    }

@@ -128,6 +128,7 @@ class Context:
     checkpoint: Checkpoint | None = None
     attempt: int = 0
     reporter: Any = None
+    backend_info: dict[str, Any] = field(default_factory=dict)
 
     def get_world_size(self) -> int:
         """Number of workers in the job."""
@@ -182,7 +183,9 @@ class Context:
         """Tell the driver's progress output that rank 0 entered a phase (``"loading data"``,
         ``"training"``); the summary then times it."""
         if self.reporter is not None and self.get_rank() == 0:
-            self.reporter.phase.remote(str(name))
+            import time
+
+            self.reporter.phase.remote((str(name), time.time()))
 
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """Report metrics (rank 0's are kept as the job's) and optionally a checkpoint.

@@ -35,6 +35,14 @@ class Backend:
 
     name = "generic"
 
+    def driver_setup(self, scaling: ResolvedScaling, master_addr: str) -> dict[str, Any]:
+        """Runs on the driver before each attempt (e.g. start a rendezvous tracker); what it
+        returns reaches every rank as ``context.backend_info``."""
+        return {}
+
+    def driver_teardown(self) -> None:
+        """Runs on the driver after each attempt, whether it succeeded or not."""
+
     def worker_env(self, rank: RankInfo, master_addr: str, master_port: int) -> dict[str, str]:
         """Environment variables for one rank (e.g. torchrun's RANK, WORLD_SIZE ...)."""
         return {}
@@ -115,9 +123,17 @@ class Progress:
         if self.enabled:
             print(f"[mlruntime {self.name}] {message}", file=sys.stdout, flush=True)
 
-    def phase(self, name: str, message: str | None = None) -> None:
-        """Close the current phase (recording its time) and start ``name``."""
+    def phase(self, name: str, message: str | None = None, at: float | None = None) -> None:
+        """Close the current phase (recording its time) and start ``name``.
+
+        Args:
+            name: The new phase.
+            message: A line to print.
+            at: When it started (``time.time()``, e.g. on a worker); default now.
+        """
         now = time.perf_counter()
+        if at is not None:
+            now = max(self._phase_started, now - max(0.0, time.time() - at))
         if self._phase is not None:
             self.timings[self._phase] = self.timings.get(self._phase, 0.0) + (
                 now - self._phase_started
@@ -299,7 +315,9 @@ class Distributor:
             import ray
 
             ray.get(group.state.reset.remote(checkpoint))
+            backend_info = self.backend.driver_setup(scaling, group.master_addr)
             contexts = group.contexts(
+                backend_info=backend_info,
                 hyper_params=params,
                 model_dir=model_dir,
                 checkpoint=checkpoint,
@@ -322,7 +340,8 @@ class Distributor:
                 seen[0] += len(events)
                 for kind, payload in events:
                     if kind == "phase":
-                        progress.phase(payload, payload)
+                        name, at = payload
+                        progress.phase(name, name, at=at)
                     else:
                         (on_metrics or progress.metrics)(payload)
 
@@ -330,6 +349,7 @@ class Distributor:
             try:
                 values = group.run(_entry, self.backend, fn, envs, contexts=contexts, on_poll=poll)
             except WorkerError as err:
+                self.backend.driver_teardown()
                 history, last, _ = ray.get(group.state.snapshot.remote())
                 group.shutdown()
                 if last is not None:
@@ -355,6 +375,7 @@ class Distributor:
                 )
                 attempt += 1
                 continue
+            self.backend.driver_teardown()
             poll()
             history, last, _ = ray.get(group.state.snapshot.remote())
             _release(group, key)

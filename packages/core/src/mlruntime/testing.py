@@ -21,7 +21,9 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import ClassVar
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +31,13 @@ import pyarrow as pa
 from mlruntime.hookspecs import PLUGIN_API_VERSION
 from mlruntime.plugins import ENTRY_POINT_GROUP, PluginRegistry
 
-__all__ = ["HEAVY_MODULES", "PluginConformance", "imported_modules_after", "sample_table"]
+__all__ = [
+    "HEAVY_MODULES",
+    "PluginConformance",
+    "imported_modules_after",
+    "sample_table",
+    "simulated_cluster",
+]
 
 HEAVY_MODULES = ("torch", "tensorflow", "xgboost", "lightgbm", "ray", "keras", "jax")
 """Modules that must not be imported by ``import mlruntime`` or by any plugin's hook module."""
@@ -58,6 +66,36 @@ def imported_modules_after(code: str, candidates: tuple[str, ...] = HEAVY_MODULE
     assert proc.returncode == 0, f"probe failed:\n{proc.stdout}\n{proc.stderr}"
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MLRUNTIME-PROBE")][-1]
     return list(json.loads(line.removeprefix("MLRUNTIME-PROBE")))
+
+
+@contextmanager
+def simulated_cluster(nodes: Sequence[tuple[int, int]]) -> Iterator[Any]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), connected.
+
+    Args:
+        nodes: ``(cpus, gpus)`` per node, head first; GPUs are fake resources Ray schedules.
+
+    Yields:
+        The cluster; this process is connected to it, and disconnected afterwards.
+    """
+    from ray.cluster_utils import Cluster
+
+    import mlruntime
+
+    mlruntime.shutdown()  # leave any other Ray this process was using
+    head_cpus, head_gpus = nodes[0]
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": head_cpus, "num_gpus": head_gpus}
+    )
+    for cpus, gpus in nodes[1:]:
+        cluster.add_node(num_cpus=cpus, num_gpus=gpus)
+    cluster.wait_for_nodes()
+    mlruntime.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        mlruntime.shutdown()
+        cluster.shutdown()
 
 
 def sample_table(start: int, rows: int, features: int = 1) -> pa.Table:

@@ -39,7 +39,9 @@ class RankFailure:
     died: bool = False
 
     def __str__(self) -> str:
-        what = "process died" if self.died else f"{self.error_type}: {self.message}"
+        lines = self.message.strip().splitlines()
+        first = lines[0][:500] if lines else ""
+        what = "process died" if self.died else f"{self.error_type}: {first}"
         return f"rank {self.rank}: {what}"
 
 
@@ -161,8 +163,8 @@ class _JobState:
             self.checkpoint = checkpoint
             self.checkpoints_reported += 1
 
-    def phase(self, name: str) -> None:
-        self.events.append(("phase", name))
+    def phase(self, event: tuple[str, float]) -> None:
+        self.events.append(("phase", event))
 
     def poll(self, since: int) -> list[tuple[str, Any]]:
         return self.events[since:]

@@ -1,16 +1,11 @@
-"""Hook module of the XGBoost plugin, registered under the ``mlruntime.plugins`` entry point.
+"""Hook module of the XGBoost plugin (entry point ``xgboost`` of ``mlruntime.plugins``).
 
 It returns spec records naming lazy targets; the framework is imported by those, never here.
 """
 
 from __future__ import annotations
 
-from mlruntime.hookspecs import (
-    AdapterSpec,
-    CommandSpec,
-    DistributorSpec,
-    hookimpl,
-)
+from mlruntime.hookspecs import AdapterSpec, CommandSpec, DistributorSpec, hookimpl
 
 MLRUNTIME_PLUGIN_API = 1
 
@@ -19,17 +14,48 @@ _REQUIRES = ("xgboost",)
 
 @hookimpl
 def mlruntime_register_adapters() -> list[AdapterSpec]:
-    """DataConnector outputs this plugin provides."""
-    return []
+    """``DataConnector.to_xgboost_dmatrix(label_col=None, input_cols=None, ...)``."""
+    return [
+        AdapterSpec(
+            "to_xgboost_dmatrix",
+            "mlruntime_xgboost.adapter:to_xgboost_dmatrix",
+            requires=_REQUIRES,
+            description="streamed xgboost.QuantileDMatrix (or DMatrix) of the rows",
+        )
+    ]
 
 
 @hookimpl
 def mlruntime_register_distributors() -> list[DistributorSpec]:
-    """Estimators, distributors and scaling configs this plugin provides."""
-    return []
+    """``XGBEstimator`` and ``XGBScalingConfig``."""
+    return [
+        DistributorSpec(
+            "XGBEstimator",
+            "mlruntime_xgboost.estimator:XGBEstimator",
+            requires=_REQUIRES,
+            framework="xgboost",
+            role="estimator",
+            description="data-parallel XGBoost on Ray (xgboost.collective)",
+        ),
+        DistributorSpec(
+            "XGBScalingConfig",
+            "mlruntime_xgboost.estimator:XGBScalingConfig",
+            requires=_REQUIRES,
+            framework="xgboost",
+            role="config",
+        ),
+    ]
 
 
 @hookimpl
 def mlruntime_register_commands() -> list[CommandSpec]:
-    """CLI commands this plugin adds."""
-    return []
+    """``mlruntime train xgboost ...``."""
+    return [
+        CommandSpec(
+            "xgboost",
+            "mlruntime_xgboost.cli:main",
+            requires=_REQUIRES,
+            group="train",
+            description="train an XGBoost model on a table or files",
+        )
+    ]

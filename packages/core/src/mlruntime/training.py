@@ -1,0 +1,237 @@
+"""Helpers every estimator plugin shares: input checks before workers start, feature batches,
+and distributed scoring into a Sink (all or nothing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mlruntime.connector import DataConnector
+from mlruntime.context import get_context
+from mlruntime.errors import ColumnError, ConfigError, DataError
+
+__all__ = [
+    "PeakMemory",
+    "as_connector",
+    "check_training_columns",
+    "feature_batches",
+    "score_to_sink",
+]
+
+
+class PeakMemory:
+    """Peak RSS growth of this process from now on (Linux: resets and reads VmHWM).
+
+    ``growth()`` returns bytes, or ``None`` where the platform cannot tell.
+    """
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # reset the peak-RSS counter
+            self.base = self._read("VmRSS:")
+        except OSError:
+            self.base = None
+
+    @staticmethod
+    def _read(field: str) -> int:
+        with open("/proc/self/status") as handle:
+            line = next(ln for ln in handle if ln.startswith(field))
+        return int(line.split()[1]) * 1024
+
+    def growth(self) -> int | None:
+        """Peak RSS since construction minus RSS at construction."""
+        if self.base is None:
+            return None
+        try:
+            return self._read("VmHWM:") - self.base
+        except OSError:
+            return None
+
+
+def as_connector(data: Any, what: str = "dataset") -> DataConnector:
+    """A DataConnector over ``data`` (a connector, frame, relation, source or path).
+
+    Raises:
+        ConfigError: If ``data`` is none of those.
+    """
+    if data is None:
+        raise ConfigError(f"{what} is None; pass a DataConnector, a frame or a path")
+    try:
+        return DataConnector.from_dataframe(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _is_numeric(typ: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(typ)
+        or pa.types.is_floating(typ)
+        or pa.types.is_boolean(typ)
+        or pa.types.is_decimal(typ)
+        or (pa.types.is_dictionary(typ) and _is_numeric(typ.value_type))
+    )
+
+
+def check_training_columns(
+    connector: DataConnector,
+    input_cols: Sequence[str] | None,
+    label_col: str | None,
+    weight_col: str | None = None,
+    *,
+    what: str = "dataset",
+    check_null_labels: bool = True,
+) -> list[str]:
+    """Check the columns of a training input and return the feature columns.
+
+    ``input_cols=None`` means every column except the label and weight.
+
+    Raises:
+        ColumnError: For a column not in the data, or a feature/label/weight that is not
+            numeric.
+        DataError: If the label has nulls.
+    """
+    schema = connector.schema
+    names = schema.names
+    wanted = [c for c in [label_col, weight_col] if c is not None]
+    if isinstance(input_cols, str):
+        input_cols = [input_cols]
+    features = list(input_cols) if input_cols is not None else [c for c in names if c not in wanted]
+    if not features:
+        raise ColumnError(f"{what} has no feature columns besides {wanted}")
+    missing = [c for c in [*features, *wanted] if c not in names]
+    if missing:
+        raise ColumnError(
+            f"{what}: column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"{'are' if len(missing) > 1 else 'is'} not in the data; columns are {', '.join(names)}"
+        )
+    for role, cols in (("feature", features), ("label", [label_col]), ("weight", [weight_col])):
+        for col in cols:
+            if col is None:
+                continue
+            typ = schema.field(col).type
+            if not _is_numeric(typ):
+                raise ColumnError(
+                    f"{what}: {role} column {col!r} has type {typ}; {role}s must be numeric "
+                    "(int, float, bool, decimal) — encode or cast it first"
+                )
+    if label_col is not None and check_null_labels:
+        nulls = sum(
+            t.column(0).null_count
+            for t in connector.select([label_col])._tables(connector.pieces())
+        )
+        if nulls:
+            raise DataError(
+                f"{what}: label column {label_col!r} has {nulls} null value(s); drop or fill "
+                "those rows first"
+            )
+    return features
+
+
+def feature_batches(
+    connector: DataConnector,
+    input_cols: Sequence[str],
+    label_col: str | None = None,
+    weight_col: str | None = None,
+    *,
+    batch_size: int = 65_536,
+    dtype: Any = np.float32,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Stream ``(X, y, w)``: a 2-D ``dtype`` feature matrix per batch, labels and weights.
+
+    Only one batch is materialized at a time (the last batch may be shorter).
+    """
+    columns = list(dict.fromkeys([*input_cols, *(c for c in (label_col, weight_col) if c)]))
+    for batch in connector.to_batches(batch_size, drop_last_batch=False, columns=columns):
+        n = len(batch[columns[0]])
+        x = np.empty((n, len(input_cols)), dtype=dtype)
+        for j, name in enumerate(input_cols):
+            x[:, j] = batch[name]
+        y = np.asarray(batch[label_col], dtype=np.float32) if label_col else None
+        w = np.asarray(batch[weight_col], dtype=np.float32) if weight_col else None
+        yield x, y, w
+
+
+def _score_shard(
+    predict: Callable[[np.ndarray], np.ndarray],
+    input_cols: list[str],
+    key_cols: list[str],
+    output_col: str,
+    transaction: Any,
+    batch_size: int,
+) -> int:
+    """Runs on a worker: score this rank's shard and stage it as one part."""
+    ctx = get_context()
+    shard = ctx.get_dataset_map()["data"]
+    parts = []
+    rows = 0
+    cols = list(dict.fromkeys([*input_cols, *key_cols]))
+    for batch in shard.to_batches(batch_size, drop_last_batch=False, columns=cols):
+        x = np.column_stack([np.asarray(batch[c], dtype=np.float32) for c in input_cols])
+        pred = np.asarray(predict(x))
+        out = {k: batch[k] for k in key_cols}
+        if pred.ndim == 2:
+            out[output_col] = pa.FixedSizeListArray.from_arrays(
+                pa.array(pred.reshape(-1)), pred.shape[1]
+            )
+        else:
+            out[output_col] = pred
+        parts.append(pa.table(out))
+        rows += len(pred)
+    if parts:
+        transaction.write_part(pa.concat_tables(parts), ctx.get_rank())
+    return rows
+
+
+def score_to_sink(
+    launch: Callable[..., Any],
+    connector: DataConnector,
+    predict: Callable[[np.ndarray], np.ndarray],
+    input_cols: list[str],
+    sink: Any,
+    key_cols: Sequence[str] = (),
+    output_col: str = "prediction",
+    batch_size: int = 65_536,
+) -> Any:
+    """Score ``connector`` on every worker and write ``key_cols`` + predictions to ``sink``.
+
+    Each worker reads its shard straight from storage and stages one part; the driver commits
+    once, so the sink holds all the predictions or none.
+
+    Args:
+        launch: A distributor's ``launch``.
+        predict: A picklable function from a 2-D float32 feature matrix to predictions.
+
+    Returns:
+        What the sink's commit returns (the folder, table relation or dataset version).
+
+    Raises:
+        ColumnError: For unknown key columns.
+        WorkerError: If scoring fails on any worker (nothing is written).
+    """
+    key_cols = list(key_cols)
+    missing = [c for c in key_cols if c not in connector.columns]
+    if missing:
+        raise ColumnError(
+            f"key columns {missing} are not in the data; columns are {', '.join(connector.columns)}"
+        )
+    if output_col in key_cols:
+        raise ConfigError(f"output column {output_col!r} clashes with a key column")
+    transaction = sink.begin()
+    try:
+        from functools import partial
+
+        launch(
+            partial(
+                _score_shard, predict, input_cols, key_cols, output_col, transaction, batch_size
+            ),
+            dataset_map={"data": connector},
+        )
+        return transaction.commit()
+    except BaseException:
+        transaction.abort()
+        raise

@@ -1,0 +1,55 @@
+"""DataConnector -> DMatrix / QuantileDMatrix without Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from mlruntime import DataConnector
+from mlruntime.errors import ColumnError, DataError
+
+FEATURES = [f"f{i}" for i in range(5)]
+
+
+def test_quantile_dmatrix_streams_every_row_from_parquet(
+    parquet_folder: Path, frame: pd.DataFrame
+) -> None:
+    dc = DataConnector.from_sources(parquet_folder)
+    dm = dc.to_xgboost_dmatrix(label_col="y", input_cols=FEATURES, batch_size=300)
+    assert isinstance(dm, xgb.QuantileDMatrix)
+    assert (dm.num_row(), dm.num_col()) == (4000, 5)
+    assert dm.feature_names == FEATURES
+    np.testing.assert_allclose(dm.get_label(), frame["y"].to_numpy(), rtol=1e-6)
+    booster = xgb.train({"max_depth": 3}, dm, 5)
+    reference = xgb.train({"max_depth": 3}, xgb.QuantileDMatrix(frame[FEATURES], frame["y"]), 5)
+    np.testing.assert_allclose(
+        booster.inplace_predict(frame[FEATURES].to_numpy()),
+        reference.inplace_predict(frame[FEATURES].to_numpy()),
+        rtol=1e-5,
+    )
+
+
+def test_plain_dmatrix_with_weights_and_default_features(frame: pd.DataFrame) -> None:
+    frame = frame.assign(w=np.linspace(0.5, 1.5, len(frame)).astype(np.float32))
+    dm = DataConnector.from_dataframe(frame.drop(columns=["key"])).to_xgboost_dmatrix(
+        label_col="y", weight_col="w", quantile=False
+    )
+    assert isinstance(dm, xgb.DMatrix) and not isinstance(dm, xgb.QuantileDMatrix)
+    assert dm.feature_names == FEATURES  # every column but label and weight
+    np.testing.assert_allclose(dm.get_weight(), frame["w"].to_numpy())
+
+
+def test_adapter_refuses_bad_columns(frame: pd.DataFrame) -> None:
+    dc = DataConnector.from_dataframe(frame.assign(name="a"))
+    with pytest.raises(ColumnError, match="column 'GHOST' is not in the data"):
+        dc.to_xgboost_dmatrix(label_col="GHOST")
+    with pytest.raises(ColumnError, match=r"feature column 'name' has type (large_)?string"):
+        dc.to_xgboost_dmatrix(label_col="y", input_cols=["f0", "name"])
+    with pytest.raises(DataError, match="label column 'y' has 1 null"):
+        DataConnector.from_dataframe(
+            frame.assign(y=[None] + [1.0] * (len(frame) - 1))
+        ).to_xgboost_dmatrix(label_col="y", input_cols=FEATURES)

@@ -1,0 +1,247 @@
+"""XGBEstimator on a real Ray: data-parallel training, results, scoring to sinks, save/load,
+restarts after a killed worker, fake-GPU placement and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import xgboost as xgb
+
+from mlruntime import DataConnector, FailureConfig, ParquetSink, Session, get_context
+from mlruntime.errors import ColumnError, ConfigError, DataError, WorkerError
+from mlruntime_xgboost import XGBEstimator, XGBScalingConfig
+
+FEATURES = [f"f{i}" for i in range(5)]
+PARAMS = {"max_depth": 4, "eta": 0.3, "seed": 7}
+
+
+def estimator(workers: int = 2, **kwargs: object) -> XGBEstimator:
+    return XGBEstimator(
+        n_estimators=kwargs.pop("n_estimators", 20),  # type: ignore[arg-type]
+        params=dict(PARAMS, **kwargs.pop("params", {})),  # type: ignore[arg-type]
+        scaling_config=XGBScalingConfig(num_workers=workers, num_cpu_per_worker=1),
+        verbose=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def single_process(frame: pd.DataFrame, rounds: int = 20) -> xgb.Booster:
+    dm = xgb.QuantileDMatrix(frame[FEATURES].to_numpy(), frame["y"].to_numpy())
+    return xgb.train({**PARAMS, "tree_method": "hist", "objective": "reg:squarederror"}, dm, rounds)
+
+
+def rmse(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
+
+
+def test_one_worker_matches_single_process_xgboost(
+    ray_cluster: None, parquet_folder: Path, frame: pd.DataFrame
+) -> None:
+    est = estimator(workers=1)
+    booster = est.fit(DataConnector.from_sources(parquet_folder), FEATURES, "y")
+    assert isinstance(booster, xgb.Booster) and booster.num_boosted_rounds() == 20
+    x = frame[FEATURES].to_numpy()
+    np.testing.assert_allclose(
+        booster.inplace_predict(x), single_process(frame).inplace_predict(x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_two_workers_train_the_same_model_within_xgboost_tolerance(
+    ray_cluster: None, parquet_folder: Path, frame: pd.DataFrame
+) -> None:
+    est = estimator(workers=2)
+    booster = est.fit(
+        DataConnector.from_sources(parquet_folder), FEATURES, "y", eval_set=frame.iloc[:500]
+    )
+    x, y = frame[FEATURES].to_numpy(), frame["y"].to_numpy()
+    ours, reference = booster.inplace_predict(x), single_process(frame).inplace_predict(x)
+    # Distributed quantile sketches differ slightly from one process's; the fit must not.
+    assert abs(rmse(ours, y) - rmse(reference, y)) < 0.02 * rmse(reference, y)
+    assert np.corrcoef(ours, reference)[0, 1] > 0.995
+    results = est.get_eval_results()
+    assert set(results) == {"train", "eval"}
+    assert len(results["train"]["rmse"]) == 20 and len(results["eval"]["rmse"]) == 20
+    assert results["train"]["rmse"][-1] < results["train"]["rmse"][0]
+    assert est.last_result.get_metrics()["round"] == 20
+
+
+def test_params_override_arguments_and_each_worker_reads_a_shard(
+    ray_cluster: None, frame: pd.DataFrame
+) -> None:
+    est = XGBEstimator(
+        n_estimators=50,
+        objective="reg:absoluteerror",
+        params={"n_estimators": 5, "objective": "reg:squarederror", "max_depth": 2},
+        scaling_config=XGBScalingConfig(2, 1),
+        verbose=False,
+    )
+    booster = est.fit(frame, FEATURES, "y")
+    assert booster.num_boosted_rounds() == 5
+    config = json.loads(booster.save_config())
+    assert config["learner"]["objective"]["name"] == "reg:squarederror"
+    assert [r["device"] for r in est.last_result.return_values] == ["cpu", "cpu"]
+
+
+def test_predict_in_process_and_to_a_sink(
+    ray_cluster: None, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    est = estimator()
+    booster = est.fit(frame, FEATURES, "y")
+    expected = booster.inplace_predict(frame[FEATURES].to_numpy())
+    np.testing.assert_allclose(est.predict(frame), expected, rtol=1e-6)
+    out = est.predict(
+        DataConnector.from_dataframe(frame), sink=ParquetSink(tmp_path / "scores"), key_cols=["key"]
+    )
+    scored = pq.read_table(out).to_pandas().sort_values("key")
+    assert scored.columns.tolist() == ["key", "prediction"]
+    assert scored["key"].tolist() == list(range(len(frame)))  # every row once
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-6)
+
+
+def test_scores_go_to_a_duckdb_table(
+    ray_cluster: None, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    from mlruntime import DuckDBTableSink
+
+    est = estimator(n_estimators=5)
+    est.fit(frame, FEATURES, "y")
+    session = Session(tmp_path / "w.duckdb")
+    est.predict(frame, sink=DuckDBTableSink("scores", session), key_cols=["key"])
+    assert session.sql("SELECT count(*), count(DISTINCT key) FROM scores").fetchall() == [
+        (len(frame), len(frame))
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".ubj"])
+def test_save_and_load(ray_cluster: None, frame: pd.DataFrame, tmp_path: Path, suffix: str) -> None:
+    est = estimator(n_estimators=5)
+    est.fit(frame, FEATURES, "y")
+    path = tmp_path / f"model{suffix}"
+    est.save_model(path)
+    if suffix == ".json":
+        assert json.loads(path.read_text())["learner"]
+    loaded = XGBEstimator(verbose=False)
+    loaded.load_model(path)
+    np.testing.assert_allclose(loaded.predict(frame), est.predict(frame), rtol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        loaded.load_model(tmp_path / "missing.json")
+
+
+class KillRankOne(xgb.callback.TrainingCallback):
+    """Kills rank 1's process at round 12 of the first attempt."""
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: object) -> bool:
+        ctx = get_context()
+        if ctx.get_attempt() == 0 and ctx.get_rank() == 1 and model.num_boosted_rounds() == 12:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+
+def test_killed_worker_resumes_from_the_last_checkpointed_round(
+    ray_cluster: None, frame: pd.DataFrame
+) -> None:
+    est = estimator(
+        n_estimators=30,
+        callbacks=[KillRankOne()],
+        failure_config=FailureConfig(max_failures=1),
+        checkpoint_frequency=5,
+    )
+    booster = est.fit(frame, FEATURES, "y")
+    assert booster.num_boosted_rounds() == 30  # same rounds as an undisturbed run
+    result = est.last_result
+    assert len(result.attempts) == 1 and "process died" in str(result.attempts[0])
+    history = [m["round"] for m in result.get_metrics_history()]
+    assert history[0] == 11  # resumed after the checkpoint at round 10
+    assert len(est.get_eval_results()["train"]["rmse"]) == 30
+
+
+def test_bad_input_is_refused_before_workers_start(frame: pd.DataFrame) -> None:
+    est = estimator()
+    with pytest.raises(ColumnError, match="column 'GHOST' is not in the data"):
+        est.fit(frame, ["f0", "GHOST"], "y")
+    with pytest.raises(ColumnError, match=r"feature column 'name' has type (large_)?string"):
+        est.fit(frame.assign(name="x"), ["f0", "name"], "y")
+    with pytest.raises(DataError, match="label column 'y' has 2 null"):
+        est.fit(frame.assign(y=[None, None] + [1.0] * (len(frame) - 2)), FEATURES, "y")
+    with pytest.raises(ColumnError, match="eval_set: column 'y' is not in the data"):
+        est.fit(frame, FEATURES, "y", eval_set=frame.drop(columns=["y"]))
+    with pytest.raises(ConfigError, match=r"invalid XGBoost parameters.*not:an-objective"):
+        XGBEstimator(objective="not:an-objective", verbose=False).fit(frame, FEATURES, "y")
+    with pytest.raises(ConfigError, match="scaling_config must be an XGBScalingConfig"):
+        XGBEstimator(scaling_config={"num_workers": 2})  # type: ignore[arg-type]
+
+
+def test_more_workers_than_rows_is_refused(ray_cluster: None, frame: pd.DataFrame) -> None:
+    with pytest.raises(ConfigError, match="cannot make 2 shards of 1 rows"):
+        estimator().fit(frame.iloc[:1], FEATURES, "y")
+
+
+def test_xgboost_errors_on_workers_are_surfaced(ray_cluster: None, frame: pd.DataFrame) -> None:
+    est = estimator(params={"objective": "binary:logistic"})
+    with pytest.raises(WorkerError, match=r"rank 0: XGBoostError.*for the logistic loss"):
+        est.fit(frame.assign(y=frame["y"] * 10), FEATURES, "y")
+
+
+def test_use_gpu_on_a_cluster_without_gpus_fails_before_starting(
+    ray_cluster: None, frame: pd.DataFrame
+) -> None:
+    from mlruntime.errors import ResourceError
+
+    est = XGBEstimator(scaling_config=XGBScalingConfig(use_gpu=True), verbose=False)
+    with pytest.raises(ResourceError, match="use_gpu=True asks for GPUs"):
+        est.fit(frame, FEATURES, "y")
+
+
+def test_fake_gpus_give_each_worker_its_cuda_device(frame: pd.DataFrame) -> None:
+    from mlruntime.testing import simulated_cluster
+
+    with simulated_cluster([(2, 0), (2, 2), (2, 2)]):
+        est = XGBEstimator(n_estimators=3, params={"max_depth": 2}, verbose=False)
+        est.fit(frame, FEATURES, "y")  # auto: one worker per GPU, device set per worker
+        devices = [r["device"] for r in est.last_result.return_values]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+
+
+def test_cli_trains_from_a_table(ray_cluster: None, frame: pd.DataFrame, tmp_path: Path) -> None:
+    from mlruntime.cli import main
+
+    db = tmp_path / "w.duckdb"
+    with Session(db) as session:
+        session.create_table("houses", frame)
+    out = tmp_path / "model.json"
+    code = main(
+        [
+            "train",
+            "xgboost",
+            "--data",
+            "houses",
+            "--database",
+            str(db),
+            "--label",
+            "y",
+            "--features",
+            *FEATURES,
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "1",
+            "--rounds",
+            "4",
+            "--param",
+            "max_depth=3",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    booster = xgb.Booster(model_file=str(out))
+    assert booster.num_boosted_rounds() == 4
+    depths = [line.count("\t") for tree in booster.get_dump() for line in tree.splitlines()]
+    assert max(depths) == 3  # --param max_depth=3 reached XGBoost (the default is 6)
