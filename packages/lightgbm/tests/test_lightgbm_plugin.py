@@ -8,3 +8,8 @@ from mlruntime.testing import PluginConformance
 class TestLightgbmPluginConformance(PluginConformance):
     plugin_module = "mlruntime_lightgbm.hooks"
     entry_point_name = "lightgbm"
+    expected = {
+        "adapter": ["to_lightgbm_dataset"],
+        "distributor": ["LightGBMEstimator", "LightGBMScalingConfig"],
+        "command": ["train lightgbm"],
+    }

@@ -286,6 +286,20 @@ class DataConnector:
     def _tables(self, pieces: Sequence[Piece], depth: int = 2) -> Iterator[pa.Table]:
         return prefetch(read_pieces(pieces, self._columns), depth=depth)
 
+    def iter_tables(
+        self, columns: Sequence[str] | None = None, prefetch_tables: int = 2
+    ) -> Iterator[pa.Table]:
+        """Stream the rows as Arrow tables (a fragment or a few at a time), read ahead in the
+        background; for consumers that convert columns themselves.
+
+        Raises:
+            ColumnError: If ``columns`` names an unknown column.
+        """
+        if columns is not None:
+            self._check_columns(columns, self.schema)
+        read = list(columns) if columns is not None else self._columns
+        return prefetch(read_pieces(self.pieces(), read), depth=prefetch_tables)
+
     def to_arrow(self) -> pa.Table:
         """Read every row into one Arrow table (chunked; no copy of the data read)."""
         source = self._single_duckdb()

@@ -35,9 +35,10 @@ class Backend:
 
     name = "generic"
 
-    def driver_setup(self, scaling: ResolvedScaling, master_addr: str) -> dict[str, Any]:
-        """Runs on the driver before each attempt (e.g. start a rendezvous tracker); what it
-        returns reaches every rank as ``context.backend_info``."""
+    def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
+        """Runs on the driver before each attempt, with the placed group (its ``scaling``,
+        ``ranks``, ``actors``, ``master_addr``): e.g. start a rendezvous tracker or collect a
+        port per rank. What it returns reaches every rank as ``context.backend_info``."""
         return {}
 
     def driver_teardown(self) -> None:
@@ -315,7 +316,7 @@ class Distributor:
             import ray
 
             ray.get(group.state.reset.remote(checkpoint))
-            backend_info = self.backend.driver_setup(scaling, group.master_addr)
+            backend_info = self.backend.driver_setup(group)
             contexts = group.contexts(
                 backend_info=backend_info,
                 hyper_params=params,

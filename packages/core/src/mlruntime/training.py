@@ -3,6 +3,8 @@ and distributed scoring into a Sink (all or nothing)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,7 +20,12 @@ __all__ = [
     "as_connector",
     "check_training_columns",
     "feature_batches",
+    "is_categorical",
+    "load_training_data",
+    "parse_param",
     "score_to_sink",
+    "table_to_matrix",
+    "train_command_parser",
 ]
 
 
@@ -77,6 +84,15 @@ def _is_numeric(typ: pa.DataType) -> bool:
     )
 
 
+def is_categorical(typ: pa.DataType) -> bool:
+    """Whether a column of this type is a categorical feature (strings, dictionaries)."""
+    return bool(
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or (pa.types.is_dictionary(typ) and not _is_numeric(typ.value_type))
+    )
+
+
 def check_training_columns(
     connector: DataConnector,
     input_cols: Sequence[str] | None,
@@ -85,10 +101,12 @@ def check_training_columns(
     *,
     what: str = "dataset",
     check_null_labels: bool = True,
+    allow_categorical: bool = False,
 ) -> list[str]:
     """Check the columns of a training input and return the feature columns.
 
-    ``input_cols=None`` means every column except the label and weight.
+    ``input_cols=None`` means every column except the label and weight. With
+    ``allow_categorical``, string and dictionary features are accepted as categorical.
 
     Raises:
         ColumnError: For a column not in the data, or a feature/label/weight that is not
@@ -114,6 +132,8 @@ def check_training_columns(
             if col is None:
                 continue
             typ = schema.field(col).type
+            if role == "feature" and allow_categorical and is_categorical(typ):
+                continue
             if not _is_numeric(typ):
                 raise ColumnError(
                     f"{what}: {role} column {col!r} has type {typ}; {role}s must be numeric "
@@ -156,13 +176,36 @@ def feature_batches(
         yield x, y, w
 
 
+def table_to_matrix(
+    table: pa.Table | pa.RecordBatch,
+    columns: Sequence[str],
+    dtype: Any = np.float32,
+    categories: dict[str, pa.Array] | None = None,
+) -> np.ndarray:
+    """A 2-D ``dtype`` matrix of ``columns``; categorical columns become the index of their
+    value in ``categories[col]`` (NaN when unknown or null)."""
+    import pyarrow.compute as pc
+
+    from mlruntime.convert import column_to_numpy
+
+    out = np.empty((table.num_rows, len(columns)), dtype=dtype)
+    for j, name in enumerate(columns):
+        column = table.column(name)
+        if categories and name in categories:
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            out[:, j] = column_to_numpy(pc.index_in(column, value_set=categories[name]))
+        else:
+            out[:, j] = column_to_numpy(column)
+    return out
+
+
 def _score_shard(
-    predict: Callable[[np.ndarray], np.ndarray],
+    predict: Callable[[pa.Table], np.ndarray],
     input_cols: list[str],
     key_cols: list[str],
     output_col: str,
     transaction: Any,
-    batch_size: int,
 ) -> int:
     """Runs on a worker: score this rank's shard and stage it as one part."""
     ctx = get_context()
@@ -170,16 +213,15 @@ def _score_shard(
     parts = []
     rows = 0
     cols = list(dict.fromkeys([*input_cols, *key_cols]))
-    for batch in shard.to_batches(batch_size, drop_last_batch=False, columns=cols):
-        x = np.column_stack([np.asarray(batch[c], dtype=np.float32) for c in input_cols])
-        pred = np.asarray(predict(x))
-        out = {k: batch[k] for k in key_cols}
+    for table in shard.iter_tables(columns=cols):
+        pred = np.asarray(predict(table))
+        out: dict[str, Any] = {k: table.column(k) for k in key_cols}
         if pred.ndim == 2:
             out[output_col] = pa.FixedSizeListArray.from_arrays(
                 pa.array(pred.reshape(-1)), pred.shape[1]
             )
         else:
-            out[output_col] = pred
+            out[output_col] = pa.array(pred)
         parts.append(pa.table(out))
         rows += len(pred)
     if parts:
@@ -190,12 +232,11 @@ def _score_shard(
 def score_to_sink(
     launch: Callable[..., Any],
     connector: DataConnector,
-    predict: Callable[[np.ndarray], np.ndarray],
+    predict: Callable[[pa.Table], np.ndarray],
     input_cols: list[str],
     sink: Any,
     key_cols: Sequence[str] = (),
     output_col: str = "prediction",
-    batch_size: int = 65_536,
 ) -> Any:
     """Score ``connector`` on every worker and write ``key_cols`` + predictions to ``sink``.
 
@@ -204,7 +245,8 @@ def score_to_sink(
 
     Args:
         launch: A distributor's ``launch``.
-        predict: A picklable function from a 2-D float32 feature matrix to predictions.
+        predict: A picklable function from an Arrow table (input and key columns of some rows)
+            to one prediction per row.
 
     Returns:
         What the sink's commit returns (the folder, table relation or dataset version).
@@ -226,12 +268,63 @@ def score_to_sink(
         from functools import partial
 
         launch(
-            partial(
-                _score_shard, predict, input_cols, key_cols, output_col, transaction, batch_size
-            ),
+            partial(_score_shard, predict, input_cols, key_cols, output_col, transaction),
             dataset_map={"data": connector},
         )
         return transaction.commit()
     except BaseException:
         transaction.abort()
         raise
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parse a ``KEY=VALUE`` CLI parameter; the value is read as JSON when it parses
+    (numbers, booleans, lists), else kept as a string.
+
+    Raises:
+        argparse.ArgumentTypeError: Without ``=``.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param needs KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def train_command_parser(framework: str, default_objective: str) -> argparse.ArgumentParser:
+    """The arguments every ``mlruntime train <framework>`` command shares."""
+    parser = argparse.ArgumentParser(
+        prog=f"mlruntime train {framework}",
+        description=f"Train {framework} on Parquet/CSV files or a warehouse table.",
+    )
+    parser.add_argument("--data", required=True, help="path, glob, URI, or a table name")
+    parser.add_argument("--label", required=True, help="label column")
+    parser.add_argument("--features", nargs="+", default=None, help="feature columns")
+    parser.add_argument("--workers", type=int, default=-1, help="workers (-1: auto)")
+    parser.add_argument("--cpus-per-worker", type=float, default=-1)
+    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds")
+    parser.add_argument("--objective", default=default_objective)
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a {framework} parameter (repeatable)",
+    )
+    parser.add_argument("--database", default=None, help="warehouse file for --data TABLE")
+    parser.add_argument("--output", required=True, help="model file to write")
+    return parser
+
+
+def load_training_data(data: str, database: str | None = None) -> DataConnector:
+    """A connector over a warehouse table named ``data`` if there is one, else over the
+    files/URI ``data``."""
+    from mlruntime.session import Session, get_active_session
+
+    session = Session(database) if database else get_active_session()
+    if session.has_table(data):
+        return DataConnector.from_dataframe(session.table(data))
+    return DataConnector.from_sources(data)

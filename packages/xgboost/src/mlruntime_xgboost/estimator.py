@@ -18,19 +18,16 @@ import xgboost as xgb
 from mlruntime.context import Checkpoint, Context, get_context
 from mlruntime.distributor import Backend, Distributor
 from mlruntime.errors import ConfigError, MLRuntimeError
-from mlruntime.scaling import (
-    FailureConfig,
-    ResolvedScaling,
-    ScalingConfig,
-    WorkerResourceConfig,
-)
+from mlruntime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.training import (
     PeakMemory,
     as_connector,
     check_training_columns,
     feature_batches,
     score_to_sink,
+    table_to_matrix,
 )
+from mlruntime.workers import WorkerGroup
 from mlruntime_xgboost.adapter import build_dmatrix
 
 __all__ = ["XGBEstimator", "XGBScalingConfig"]
@@ -80,10 +77,11 @@ class _XGBBackend(Backend):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._tracker = None
 
-    def driver_setup(self, scaling: ResolvedScaling, master_addr: str) -> dict[str, Any]:
+    def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         import ray
         from xgboost.tracker import RabitTracker
 
+        scaling = group.scaling
         host = ray.util.get_node_ip_address()
         self._tracker = RabitTracker(
             n_workers=scaling.num_workers, host_ip=host, sortby="task", timeout=0
@@ -384,7 +382,7 @@ class XGBEstimator:
         return score_to_sink(
             self._distributor().launch,
             data,
-            _Predictor(model),
+            _Predictor(model, features),
             features,
             sink,
             key_cols=key_cols,
@@ -413,18 +411,19 @@ class XGBEstimator:
 class _Predictor:
     """A picklable predict function over a serialized booster (loaded once per worker)."""
 
-    def __init__(self, model: bytes) -> None:
+    def __init__(self, model: bytes, features: list[str]) -> None:
         self.model = model
+        self.features = features
         self._booster: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model": self.model, "_booster": None}
+        return {"model": self.model, "features": self.features, "_booster": None}
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, table: Any) -> np.ndarray:
         if self._booster is None:
             self._booster = xgb.Booster()
             self._booster.load_model(bytearray(self.model))
-        return np.asarray(self._booster.inplace_predict(x))
+        return np.asarray(self._booster.inplace_predict(table_to_matrix(table, self.features)))
 
 
 def _check_params(params: dict[str, Any]) -> None:
