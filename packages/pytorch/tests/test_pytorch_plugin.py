@@ -8,3 +8,7 @@ from mlruntime.testing import PluginConformance
 class TestPytorchPluginConformance(PluginConformance):
     plugin_module = "mlruntime_pytorch.hooks"
     entry_point_name = "pytorch"
+    expected = {
+        "adapter": ["to_torch_dataset"],
+        "distributor": ["PyTorchDistributor", "PyTorchScalingConfig"],
+    }

@@ -274,6 +274,25 @@ class DataConnector:
             for lo, hi in itertools.pairwise(bounds)
         ]
 
+    @property
+    def is_shard(self) -> bool:
+        """Whether this connector is a planned part of its sources (made by ``shard``,
+        ``skip_rows`` or ``split_pieces``) rather than all of their rows."""
+        return self._pieces is not None
+
+    def skip_rows(self, n: int) -> DataConnector:
+        """A connector over the rows after the first ``n`` (in reading order), without
+        reading the skipped ones beyond the fragment the cut falls in.
+
+        Raises:
+            ConfigError: If ``n`` is negative.
+        """
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+            raise ConfigError(f"rows to skip must be a non-negative integer, got {n!r}")
+        pieces = self.pieces()
+        offsets = list(itertools.accumulate((_piece_rows(p) for p in pieces), initial=0))
+        return self._derive(pieces=_pieces_in_range(pieces, offsets, int(n), offsets[-1]))
+
     def split_pieces(self, index: int, count: int) -> DataConnector:
         """A connector over every ``count``-th piece starting at ``index`` (whole pieces, for
         DataLoader workers: each piece is read by one worker only)."""

@@ -227,6 +227,11 @@ def get_context() -> Context:
     return _current
 
 
+def _current_context() -> Context | None:
+    """The job context of this process, or ``None`` outside a distributed worker."""
+    return _current
+
+
 def _set_context(context: Context | None) -> None:
     global _current
     _current = context

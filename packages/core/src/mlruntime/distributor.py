@@ -212,6 +212,7 @@ def _acquire(scaling: ResolvedScaling, key: tuple[Any, ...], progress: Progress)
         other.shutdown()
     if group is not None and group.alive():
         progress.say(f"reusing {scaling.describe()} kept warm")
+        group.refresh_master_port()  # the last job's rendezvous port may linger in TIME_WAIT
         return group
     if group is not None:
         group.shutdown()

@@ -266,8 +266,15 @@ class WorkerGroup:
             ]
         )
         self.master_addr = self.ranks[0].node_ip
-        self.master_port = ray.get(self.actors[0].free_port.remote())
+        self.refresh_master_port()
         self.timings["place"] = time.perf_counter() - started
+
+    def refresh_master_port(self) -> int:
+        """Pick a new free rendezvous port on rank 0's node (for the next job of a reused group)."""
+        import ray
+
+        self.master_port = ray.get(self.actors[0].free_port.remote())
+        return self.master_port
 
     def _assign_ranks(self, infos: list[dict[str, Any]]) -> None:
         node_order: list[str] = []

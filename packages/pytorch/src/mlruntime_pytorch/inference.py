@@ -1,0 +1,147 @@
+"""Batch inference: score a DataConnector with a torch model on every worker into a core Sink.
+
+Each worker reads its own shard straight from storage, runs the model on batches in
+``torch.inference_mode``, and stages one part; the driver commits once (all or nothing).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from mlruntime.distributor import Distributor
+from mlruntime.errors import ConfigError
+from mlruntime.training import as_connector, check_training_columns, score_to_sink, table_to_matrix
+from mlruntime_pytorch.distributor import PyTorchScalingConfig
+
+__all__ = ["batch_inference"]
+
+
+class _InferenceDistributor(Distributor):
+    """Plain workers (no process group): scoring needs no collective."""
+
+    name = "pytorch-inference"
+
+    def __init__(self, scaling: PyTorchScalingConfig, verbose: bool) -> None:
+        super().__init__(None, None, verbose=verbose)
+        self.torch_scaling = scaling
+
+    def resolve(self) -> Any:
+        from mlruntime.runtime import get_nodes, init
+
+        init()
+        return self.torch_scaling.resolve(get_nodes())
+
+
+class TorchPredictor:
+    """A picklable ``Arrow table -> numpy`` function around a torch model.
+
+    The model travels as ``torch.save`` bytes of the whole module (its class must be importable
+    on the workers, or defined in ``__main__``/a notebook) and is loaded once per worker.
+
+    Args:
+        model: An ``nn.Module`` (or any callable on a float tensor), or a zero-argument factory
+            that builds it on the worker.
+        input_cols: Feature columns, stacked into a ``(rows, features)`` float32 tensor.
+        batch_size: Rows per forward pass.
+    """
+
+    def __init__(self, model: Any, input_cols: list[str], batch_size: int = 4096) -> None:
+        self.input_cols = input_cols
+        self.batch_size = batch_size
+        self._model: Any = None
+        if isinstance(model, torch.nn.Module):
+            buffer = io.BytesIO()
+            torch.save(model, buffer)
+            self._blob: bytes | None = buffer.getvalue()
+            self._factory: Callable[[], Any] | None = None
+        else:
+            self._blob, self._factory = None, model
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+    def model(self) -> Any:
+        """The model, loaded (once) in eval mode."""
+        if self._model is None:
+            if self._blob is not None:
+                self._model = torch.load(io.BytesIO(self._blob), weights_only=False)
+            else:
+                assert self._factory is not None
+                self._model = self._factory()
+            if isinstance(self._model, torch.nn.Module):
+                self._model.eval()
+        return self._model
+
+    def __call__(self, table: pa.Table) -> np.ndarray:
+        model = self.model()
+        x = torch.from_numpy(table_to_matrix(table, self.input_cols))
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                out = model(x[start : start + self.batch_size])
+                outputs.append(out.detach().float().cpu().numpy())
+        if not outputs:
+            return np.empty(0, dtype=np.float32)
+        result = np.concatenate(outputs)
+        return result[:, 0] if result.ndim == 2 and result.shape[1] == 1 else result
+
+
+def batch_inference(
+    model: Any,
+    dataset: Any,
+    sink: Any,
+    input_cols: Sequence[str],
+    *,
+    key_cols: Sequence[str] = (),
+    output_col: str = "prediction",
+    batch_size: int = 4096,
+    scaling_config: PyTorchScalingConfig | None = None,
+    verbose: bool = True,
+) -> Any:
+    """Score ``dataset`` with ``model`` on every worker and write the outputs to ``sink``.
+
+    Args:
+        model: A ``torch.nn.Module`` taking a ``(rows, len(input_cols))`` float32 tensor, or a
+            zero-argument function building one on the worker (e.g. loading weights).
+        dataset: A DataConnector, frame, DuckDB relation or source.
+        sink: A core Sink (``ParquetSink``, ``DuckDBTableSink``, ``DatasetSink``).
+        input_cols: Feature columns, in the order the model expects.
+        key_cols: Columns copied next to the outputs (ids, for joining back).
+        output_col: Name of the output column (one value per row, or a fixed-size list when
+            the model returns several).
+        batch_size: Rows per forward pass.
+        scaling_config: Workers (default: auto).
+        verbose: Print phases and a timing summary.
+
+    Returns:
+        What the sink's commit returns (folder, table relation or dataset version).
+
+    Raises:
+        ColumnError: Unknown or non-numeric input columns, unknown key columns.
+        ConfigError: A model that is neither a module nor callable, a bad ``batch_size``.
+        WorkerError: The model failed on a worker (nothing is written).
+    """
+    if not callable(model):
+        raise ConfigError(
+            f"model must be a torch.nn.Module or a factory, got {type(model).__name__}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    data = as_connector(dataset, "dataset")
+    features = check_training_columns(data, list(input_cols), None, what="dataset")
+    distributor = _InferenceDistributor(scaling_config or PyTorchScalingConfig(), verbose)
+    return score_to_sink(
+        distributor.launch,
+        data,
+        TorchPredictor(model, features, batch_size),
+        features,
+        sink,
+        key_cols=key_cols,
+        output_col=output_col,
+    )
