@@ -82,9 +82,16 @@ def test_to_ray_dataset_has_every_row(parquet_dir: Path, ray_cluster: None) -> N
 
 
 def test_missing_adapter_names_the_extra_to_install() -> None:
-    dc = DataConnector.from_dataframe(sample_table(0, 5))
-    with pytest.raises(PluginNotFoundError, match=r"to_tf_dataset.*mlruntime\[tensorflow\]"):
-        dc.to_tf_dataset(batch_size=2)
+    from mlruntime.plugins import reset_registry
+
+    reset_registry()
+    get_registry().unregister("tensorflow")  # as if mlruntime-tensorflow were not installed
+    try:
+        dc = DataConnector.from_dataframe(sample_table(0, 5))
+        with pytest.raises(PluginNotFoundError, match=r"to_tf_dataset.*mlruntime\[tensorflow\]"):
+            dc.to_tf_dataset(batch_size=2)
+    finally:
+        reset_registry()
     with pytest.raises(AttributeError):
         dc.not_an_output  # noqa: B018
 

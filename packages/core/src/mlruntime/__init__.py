@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mlruntime.runtime import is_initialized as is_initialized
     from mlruntime.runtime import shutdown as shutdown
     from mlruntime.scaling import FailureConfig as FailureConfig
+    from mlruntime.scaling import NodeScalingConfig as NodeScalingConfig
     from mlruntime.scaling import ScalingConfig as ScalingConfig
     from mlruntime.scaling import WorkerResourceConfig as WorkerResourceConfig
     from mlruntime.session import Session as Session
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from mlruntime.sources import ArrowSource as ArrowSource
     from mlruntime.sources import CSVSource as CSVSource
     from mlruntime.sources import ParquetSource as ParquetSource
+    from mlruntime.train_func import TrainFuncDistributor as TrainFuncDistributor
     from mlruntime.workers import WorkerGroup as WorkerGroup
 
 _LAZY: dict[str, str] = {
@@ -56,6 +58,8 @@ _LAZY: dict[str, str] = {
     "Distributor": "mlruntime.distributor",
     "Result": "mlruntime.distributor",
     "FailureConfig": "mlruntime.scaling",
+    "NodeScalingConfig": "mlruntime.scaling",
+    "TrainFuncDistributor": "mlruntime.train_func",
     "ScalingConfig": "mlruntime.scaling",
     "WorkerResourceConfig": "mlruntime.scaling",
     "WorkerGroup": "mlruntime.workers",

@@ -32,7 +32,7 @@ from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerErr
 from mlruntime.inputs import DuckDBSource, RayDatasetSource, source_from_object
 from mlruntime.sources import Fragment, ParquetSource, Source, check_same_schema
 
-__all__ = ["DataConnector", "ShardedDataConnector"]
+__all__ = ["DataConnector", "ShardedDataConnector", "resolve_worker_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -605,6 +605,26 @@ class ShardedDataConnector:
 
     def __repr__(self) -> str:
         return f"ShardedDataConnector({self.connector!r}, equal={self.equal})"
+
+
+def resolve_worker_shard(connector: DataConnector | ShardedDataConnector) -> DataConnector:
+    """The rows this process should read, for framework adapters (``to_torch_dataset`` ...).
+
+    A ShardedDataConnector gives this rank's shard; inside a distributed job, a connector over
+    all the rows of its sources (not already a shard) is split equally by rank; otherwise the
+    connector itself.
+
+    Raises:
+        NotInWorkerError: For a ShardedDataConnector outside a distributed worker.
+    """
+    if isinstance(connector, ShardedDataConnector):
+        return connector.get_shard()
+    from mlruntime.context import _current_context
+
+    context = _current_context()
+    if context is not None and not connector.is_shard and context.get_world_size() > 1:
+        return connector.shard(context.get_world_size(), equal=True)[context.get_rank()]
+    return connector
 
 
 def _current_rank() -> tuple[int, int]:

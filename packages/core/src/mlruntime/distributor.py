@@ -21,7 +21,13 @@ from typing import Any
 from mlruntime.connector import DataConnector, ShardedDataConnector
 from mlruntime.context import Checkpoint, Context, RankInfo, get_context
 from mlruntime.errors import ConfigError, WorkerError
-from mlruntime.scaling import FailureConfig, ResolvedScaling, ScalingConfig, resolve_scaling
+from mlruntime.scaling import (
+    FailureConfig,
+    NodeScalingConfig,
+    ResolvedScaling,
+    ScalingConfig,
+    resolve_scaling,
+)
 from mlruntime.workers import RankFailure, WorkerGroup
 
 __all__ = ["AttemptRecord", "Backend", "Distributor", "Progress", "Result"]
@@ -34,6 +40,9 @@ class Backend:
     """
 
     name = "generic"
+    reuse_workers = True
+    """Whether a finished job's workers may serve the next job of the same shape. ``False`` for
+    frameworks whose process-wide state cannot be set up twice (TensorFlow's collectives)."""
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         """Runs on the driver before each attempt, with the placed group (its ``scaling``,
@@ -222,8 +231,8 @@ def _acquire(scaling: ResolvedScaling, key: tuple[Any, ...], progress: Progress)
     return group
 
 
-def _release(group: WorkerGroup, key: tuple[Any, ...]) -> None:
-    if KEEP_WARM_S <= 0:
+def _release(group: WorkerGroup, key: tuple[Any, ...], reusable: bool = True) -> None:
+    if KEEP_WARM_S <= 0 or not reusable:
         group.shutdown()
         return
     with _idle_lock:
@@ -243,7 +252,7 @@ class Distributor:
     """Base of the framework distributors and estimators: one launch/shard/restart path.
 
     Args:
-        scaling_config: Job shape (default: auto).
+        scaling_config: Job shape (default: auto), in all or per node.
         failure_config: Restarts allowed when a worker process dies (default: none).
         verbose: Print phases, rank 0's metrics and a timing summary.
     """
@@ -253,12 +262,14 @@ class Distributor:
 
     def __init__(
         self,
-        scaling_config: ScalingConfig | None = None,
+        scaling_config: ScalingConfig | NodeScalingConfig | None = None,
         failure_config: FailureConfig | None = None,
         *,
         verbose: bool = True,
     ) -> None:
-        if scaling_config is not None and not isinstance(scaling_config, ScalingConfig):
+        if scaling_config is not None and not isinstance(
+            scaling_config, (ScalingConfig, NodeScalingConfig)
+        ):
             raise ConfigError(
                 f"scaling_config must be a ScalingConfig, got {type(scaling_config).__name__}"
             )
@@ -266,7 +277,7 @@ class Distributor:
             raise ConfigError(
                 f"failure_config must be a FailureConfig, got {type(failure_config).__name__}"
             )
-        self.scaling_config = scaling_config or ScalingConfig()
+        self.scaling_config: ScalingConfig | NodeScalingConfig = scaling_config or ScalingConfig()
         self.failure_config = failure_config or FailureConfig()
         self.verbose = verbose
 
@@ -275,6 +286,8 @@ class Distributor:
         from mlruntime.runtime import get_nodes, init
 
         init()
+        if isinstance(self.scaling_config, NodeScalingConfig):
+            return self.scaling_config.resolve(get_nodes())
         return resolve_scaling(self.scaling_config, get_nodes())
 
     def launch(
@@ -380,7 +393,7 @@ class Distributor:
             self.backend.driver_teardown()
             poll()
             history, last, _ = ray.get(group.state.snapshot.remote())
-            _release(group, key)
+            _release(group, key, self.backend.reuse_workers)
             break
         location = None
         if last is not None:

@@ -16,6 +16,7 @@ from mlruntime.runtime import NodeInfo
 
 __all__ = [
     "FailureConfig",
+    "NodeScalingConfig",
     "ResolvedScaling",
     "ScalingConfig",
     "WorkerResourceConfig",
@@ -208,3 +209,78 @@ def resolve_scaling(config: ScalingConfig, nodes: Sequence[NodeInfo]) -> Resolve
         use_gpu=bool(use_gpu),
         placement_strategy=config.placement_strategy,
     )
+
+
+@dataclass(frozen=True)
+class NodeScalingConfig:
+    """A job shape given per node, as distributors of training functions take it.
+
+    Args:
+        num_nodes: Nodes to use (``-1``: every node that can hold a worker).
+        num_workers_per_node: Workers per node (``-1``: one per GPU of the node when GPUs are
+            used, else one per node).
+        resource_requirements_per_worker: CPUs/GPUs of each worker (default: auto — the
+            node's CPUs split among its workers, one GPU each when the cluster has GPUs).
+
+    Raises:
+        ConfigError: For 0 or negative (other than -1) counts, or resources that are not a
+            WorkerResourceConfig.
+    """
+
+    num_nodes: int = -1
+    num_workers_per_node: int = -1
+    resource_requirements_per_worker: WorkerResourceConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_nodes", "num_workers_per_node"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+                raise ConfigError(f"{name} must be a positive integer or -1 (auto), got {value!r}")
+        res = self.resource_requirements_per_worker
+        if res is not None and not isinstance(res, WorkerResourceConfig):
+            raise ConfigError(
+                "resource_requirements_per_worker must be a WorkerResourceConfig, got "
+                f"{type(res).__name__}"
+            )
+
+    def resolve(self, nodes: Sequence[NodeInfo]) -> ResolvedScaling:
+        """Resolve against the live cluster's ``nodes`` (``mlruntime.get_nodes()``).
+
+        One node packs its workers (``STRICT_PACK``); one worker per node spreads them
+        strictly (``STRICT_SPREAD``); otherwise workers are spread across nodes.
+
+        Raises:
+            ResourceError: If the cluster cannot hold the request; says what exists.
+        """
+        res = self.resource_requirements_per_worker or WorkerResourceConfig()
+        use_gpu = None if res.num_gpus is None else res.num_gpus > 0
+        auto_config = ScalingConfig(resources_per_worker=res, use_gpu=use_gpu)
+        if self.num_nodes == -1 and self.num_workers_per_node == -1:
+            return resolve_scaling(auto_config, nodes)
+        alive = [n for n in nodes if n.num_cpus > 0 or n.num_gpus > 0]
+        if self.num_nodes > len(alive):
+            raise ResourceError(
+                f"num_nodes={self.num_nodes} but the cluster has {len(alive)} node(s)"
+            )
+        node_count = len(alive) if self.num_nodes == -1 else self.num_nodes
+        per_node, cpus = self.num_workers_per_node, res.num_cpus
+        if per_node == -1 or cpus == -1:
+            auto = resolve_scaling(auto_config, nodes)
+            if per_node == -1:  # what auto gives one node
+                per_node = max(1, auto.num_workers // max(1, len(alive)))
+            if cpus == -1:
+                fewest = min(n.num_cpus for n in alive if n.num_cpus >= 1)
+                cpus = auto.num_cpus if auto.use_gpu else max(1.0, float(fewest // per_node))
+        if node_count == 1:
+            strategy = "STRICT_PACK"
+        elif per_node == 1:
+            strategy = "STRICT_SPREAD"
+        else:
+            strategy = "SPREAD"
+        config = ScalingConfig(
+            num_workers=node_count * per_node,
+            resources_per_worker=WorkerResourceConfig(cpus, res.num_gpus, res.memory),
+            use_gpu=use_gpu,
+            placement_strategy=strategy,
+        )
+        return resolve_scaling(config, nodes)

@@ -23,6 +23,7 @@ __all__ = [
     "is_categorical",
     "load_training_data",
     "parse_param",
+    "predict_on_workers",
     "score_to_sink",
     "table_to_matrix",
     "train_command_parser",
@@ -275,6 +276,50 @@ def score_to_sink(
     except BaseException:
         transaction.abort()
         raise
+
+
+def predict_on_workers(
+    predict: Callable[[pa.Table], np.ndarray],
+    dataset: Any,
+    sink: Any,
+    input_cols: Sequence[str],
+    *,
+    key_cols: Sequence[str] = (),
+    output_col: str = "prediction",
+    scaling_config: Any = None,
+    verbose: bool = True,
+    name: str = "inference",
+) -> Any:
+    """Batch inference for framework plugins: check the inputs, then score ``dataset`` with
+    ``predict`` on plain workers (no framework rendezvous) into ``sink``, all or nothing.
+
+    Args:
+        predict: A picklable function from an Arrow table to one prediction per row.
+        dataset: A DataConnector, frame, DuckDB relation or source.
+        sink: A core Sink.
+        input_cols: Feature columns (numeric).
+        key_cols: Columns written next to the predictions.
+        output_col: Name of the prediction column.
+        scaling_config: A ScalingConfig or NodeScalingConfig (default: auto).
+        verbose: Print phases and a timing summary.
+        name: The job's label in progress output.
+
+    Returns:
+        What the sink's commit returns.
+
+    Raises:
+        ColumnError: Unknown or non-numeric input columns, unknown key columns.
+        WorkerError: Scoring failed on a worker (nothing is written).
+    """
+    from mlruntime.distributor import Distributor
+
+    data = as_connector(dataset, "dataset")
+    features = check_training_columns(data, list(input_cols), None, what="dataset")
+    distributor = Distributor(scaling_config, verbose=verbose)
+    distributor.name = name
+    return score_to_sink(
+        distributor.launch, data, predict, features, sink, key_cols=key_cols, output_col=output_col
+    )
 
 
 def parse_param(text: str) -> tuple[str, Any]:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mlruntime.connector import DataConnector, ShardedDataConnector
-from mlruntime.context import _current_context
+from mlruntime.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
 from mlruntime.errors import ConfigError
 
 __all__ = ["TorchDataset", "to_tensor", "to_tensors", "to_torch_dataset"]
@@ -141,14 +140,7 @@ class TorchDataset(IterableDataset):
         return full + (1 if rest and not self.drop_last_batch else 0)
 
     def _connector(self) -> DataConnector:
-        connector = self.connector
-        if isinstance(connector, ShardedDataConnector):
-            return connector.get_shard()
-        context = _current_context()
-        if context is not None and not connector.is_shard:
-            # Made inside a distributed worker from the whole data: read this rank's part.
-            return connector.shard(context.get_world_size(), equal=True)[context.get_rank()]
-        return connector
+        return resolve_worker_shard(self.connector)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self._epoch = self._next_epoch

@@ -8,21 +8,12 @@ the local GPU as the current device.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from mlruntime.context import Context, RankInfo
-from mlruntime.distributor import Backend, Distributor, Result
-from mlruntime.errors import ConfigError, ResourceError
-from mlruntime.scaling import (
-    FailureConfig,
-    ResolvedScaling,
-    ScalingConfig,
-    WorkerResourceConfig,
-    resolve_scaling,
-)
+from mlruntime.distributor import Backend
+from mlruntime.scaling import NodeScalingConfig, WorkerResourceConfig
+from mlruntime.train_func import TrainFuncDistributor
 
 __all__ = ["PyTorchDistributor", "PyTorchScalingConfig", "TorchBackend", "WorkerResourceConfig"]
 
@@ -31,8 +22,7 @@ PROCESS_GROUP_TIMEOUT_S = float(os.environ.get("MLRUNTIME_TORCH_PG_TIMEOUT_S", "
 rank failed well before that)."""
 
 
-@dataclass(frozen=True)
-class PyTorchScalingConfig:
+class PyTorchScalingConfig(NodeScalingConfig):
     """The shape of a PyTorch job.
 
     Args:
@@ -46,60 +36,6 @@ class PyTorchScalingConfig:
         ConfigError: For 0 or negative (other than -1) counts, or resources that are not a
             WorkerResourceConfig.
     """
-
-    num_nodes: int = -1
-    num_workers_per_node: int = -1
-    resource_requirements_per_worker: WorkerResourceConfig | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("num_nodes", "num_workers_per_node"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
-                raise ConfigError(f"{name} must be a positive integer or -1 (auto), got {value!r}")
-        res = self.resource_requirements_per_worker
-        if res is not None and not isinstance(res, WorkerResourceConfig):
-            raise ConfigError(
-                "resource_requirements_per_worker must be a WorkerResourceConfig, got "
-                f"{type(res).__name__}"
-            )
-
-    def resolve(self, nodes: list[Any]) -> ResolvedScaling:
-        """Resolve against the live cluster's ``nodes`` (``mlruntime.get_nodes()``).
-
-        Raises:
-            ResourceError: If the cluster cannot hold the request; says what exists.
-        """
-        res = self.resource_requirements_per_worker or WorkerResourceConfig()
-        use_gpu = None if res.num_gpus is None else res.num_gpus > 0
-        alive = [n for n in nodes if n.num_cpus > 0 or n.num_gpus > 0]
-        if self.num_nodes != -1 and self.num_nodes > len(alive):
-            raise ResourceError(
-                f"num_nodes={self.num_nodes} but the cluster has {len(alive)} node(s)"
-            )
-        if self.num_nodes == -1 and self.num_workers_per_node == -1:
-            return resolve_scaling(ScalingConfig(resources_per_worker=res, use_gpu=use_gpu), nodes)
-        auto = resolve_scaling(ScalingConfig(resources_per_worker=res, use_gpu=use_gpu), nodes)
-        node_count = len(alive) if self.num_nodes == -1 else self.num_nodes
-        per_node = self.num_workers_per_node
-        if per_node == -1:  # what auto gives one node
-            per_node = max(1, auto.num_workers // max(1, len(alive)))
-        if node_count == 1:
-            strategy = "STRICT_PACK"
-        elif per_node == 1:
-            strategy = "STRICT_SPREAD"
-        else:
-            strategy = "SPREAD"
-        cpus = res.num_cpus
-        if cpus == -1:
-            fewest = min(n.num_cpus for n in alive if n.num_cpus >= 1)
-            cpus = max(1.0, float(int(fewest // per_node))) if not auto.use_gpu else auto.num_cpus
-        config = ScalingConfig(
-            num_workers=node_count * per_node,
-            resources_per_worker=WorkerResourceConfig(cpus, res.num_gpus, res.memory),
-            use_gpu=use_gpu,
-            placement_strategy=strategy,
-        )
-        return resolve_scaling(config, nodes)
 
 
 class TorchBackend(Backend):
@@ -147,13 +83,15 @@ class TorchBackend(Backend):
             dist.destroy_process_group()
 
 
-class PyTorchDistributor(Distributor):
+class PyTorchDistributor(TrainFuncDistributor):
     """Run a PyTorch ``train_func`` on every worker, DDP-ready.
 
     Inside ``train_func`` the default process group is initialized (gloo on CPU, nccl on GPU,
     the local GPU set as current device), torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
     LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) are set, and ``get_context()`` answers ranks,
     this rank's datasets, hyper-parameters, the model folder and the checkpoint to resume from.
+    ``run(dataset_map=..., hyper_params=..., artifact_location=...)`` returns a Result (see
+    :meth:`mlruntime.train_func.TrainFuncDistributor.run`).
 
     Args:
         train_func: A function of no arguments (or of one: the hyper-parameters dict).
@@ -177,91 +115,4 @@ class PyTorchDistributor(Distributor):
 
     name = "pytorch"
     backend = TorchBackend()
-
-    def __init__(
-        self,
-        train_func: Callable[..., Any],
-        scaling_config: PyTorchScalingConfig | None = None,
-        failure_config: FailureConfig | None = None,
-        *,
-        verbose: bool = True,
-    ) -> None:
-        if not callable(train_func):
-            raise ConfigError(f"train_func must be callable, got {type(train_func).__name__}")
-        if scaling_config is not None and not isinstance(scaling_config, PyTorchScalingConfig):
-            raise ConfigError(
-                "scaling_config must be a PyTorchScalingConfig, got "
-                f"{type(scaling_config).__name__}"
-            )
-        super().__init__(None, failure_config, verbose=verbose)
-        self.train_func = train_func
-        self.torch_scaling = scaling_config or PyTorchScalingConfig()
-
-    def resolve(self) -> ResolvedScaling:
-        """Connect to Ray and resolve the scaling config against the live cluster."""
-        from mlruntime.runtime import get_nodes, init
-
-        init()
-        return self.torch_scaling.resolve(get_nodes())
-
-    def run(
-        self,
-        *,
-        dataset_map: dict[str, Any] | None = None,
-        hyper_params: dict[str, Any] | None = None,
-        artifact_location: str | os.PathLike[str] | None = None,
-        equal_shards: bool = True,
-    ) -> Result:
-        """Run ``train_func`` on every worker and return rank 0's report.
-
-        Args:
-            dataset_map: Name -> DataConnector; each rank gets its own shard (equal-sized by
-                default so DDP ranks take the same number of steps), read straight from
-                storage on the worker. A ShardedDataConnector is passed as is.
-            hyper_params: Values ``get_context().get_hyper_params()`` returns, types kept.
-            artifact_location: Folder for the run's model dir and checkpoints (default: a new
-                folder under ``MLRUNTIME_HOME/runs``).
-            equal_shards: Give every rank the same number of rows (the remainder is dropped).
-
-        Returns:
-            A Result: ``get_metrics()`` (rank 0's last report), ``get_metrics_history()``,
-            ``get_model_dir()``, ``get_checkpoint_location()``, ``get_checkpoint()``, and
-            ``return_values`` (what ``train_func`` returned on each rank).
-
-        Raises:
-            ConfigError: ``train_func`` not picklable, ``dataset_map`` values that are not
-                DataConnectors — before any worker starts.
-            ResourceError: A scaling request the cluster cannot meet.
-            WorkerError: Ranks failed (every rank's error and traceback), after the allowed
-                restarts.
-        """
-        params = dict(hyper_params or {})
-        fn = _CallTrainFunc(self.train_func)
-        return self.launch(
-            fn,
-            dataset_map=dataset_map,
-            hyper_params=params,
-            artifact_location=artifact_location,
-            equal_shards=equal_shards,
-        )
-
-
-class _CallTrainFunc:
-    """Calls the user's function with the hyper-parameters when it takes an argument."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self.__name__ = getattr(fn, "__name__", "train_func")
-
-    def __call__(self) -> Any:
-        import inspect
-
-        from mlruntime.context import get_context
-
-        try:
-            wants_config = bool(inspect.signature(self.fn).parameters)
-        except (TypeError, ValueError):
-            wants_config = False
-        if wants_config:
-            return self.fn(get_context().get_hyper_params())
-        return self.fn()
+    scaling_config_type = PyTorchScalingConfig

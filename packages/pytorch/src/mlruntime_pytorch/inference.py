@@ -14,28 +14,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mlruntime.distributor import Distributor
 from mlruntime.errors import ConfigError
-from mlruntime.training import as_connector, check_training_columns, score_to_sink, table_to_matrix
+from mlruntime.training import predict_on_workers, table_to_matrix
 from mlruntime_pytorch.distributor import PyTorchScalingConfig
 
 __all__ = ["batch_inference"]
-
-
-class _InferenceDistributor(Distributor):
-    """Plain workers (no process group): scoring needs no collective."""
-
-    name = "pytorch-inference"
-
-    def __init__(self, scaling: PyTorchScalingConfig, verbose: bool) -> None:
-        super().__init__(None, None, verbose=verbose)
-        self.torch_scaling = scaling
-
-    def resolve(self) -> Any:
-        from mlruntime.runtime import get_nodes, init
-
-        init()
-        return self.torch_scaling.resolve(get_nodes())
 
 
 class TorchPredictor:
@@ -133,15 +116,14 @@ def batch_inference(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    data = as_connector(dataset, "dataset")
-    features = check_training_columns(data, list(input_cols), None, what="dataset")
-    distributor = _InferenceDistributor(scaling_config or PyTorchScalingConfig(), verbose)
-    return score_to_sink(
-        distributor.launch,
-        data,
-        TorchPredictor(model, features, batch_size),
-        features,
+    return predict_on_workers(
+        TorchPredictor(model, list(input_cols), batch_size),
+        dataset,
         sink,
+        input_cols,
         key_cols=key_cols,
         output_col=output_col,
+        scaling_config=scaling_config or PyTorchScalingConfig(),
+        verbose=verbose,
+        name="pytorch-inference",
     )
