@@ -8,3 +8,7 @@ from mlruntime.testing import PluginConformance
 class TestTensorflowPluginConformance(PluginConformance):
     plugin_module = "mlruntime_tensorflow.hooks"
     entry_point_name = "tensorflow"
+    expected = {
+        "adapter": ["to_tf_dataset"],
+        "distributor": ["TensorFlowDistributor", "TFScalingConfig"],
+    }

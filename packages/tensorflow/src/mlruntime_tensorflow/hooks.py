@@ -5,12 +5,7 @@ It returns spec records naming lazy targets; the framework is imported by those,
 
 from __future__ import annotations
 
-from mlruntime.hookspecs import (
-    AdapterSpec,
-    CommandSpec,
-    DistributorSpec,
-    hookimpl,
-)
+from mlruntime.hookspecs import AdapterSpec, DistributorSpec, hookimpl
 
 MLRUNTIME_PLUGIN_API = 1
 
@@ -19,17 +14,34 @@ _REQUIRES = ("tensorflow",)
 
 @hookimpl
 def mlruntime_register_adapters() -> list[AdapterSpec]:
-    """DataConnector outputs this plugin provides."""
-    return []
+    """``DataConnector.to_tf_dataset(batch_size, shuffle=False, ..., label_cols=None)``."""
+    return [
+        AdapterSpec(
+            "to_tf_dataset",
+            "mlruntime_tensorflow.dataset:to_tf_dataset",
+            requires=_REQUIRES,
+            description="tf.data.Dataset of batches typed from the schema ((x, y) with labels)",
+        )
+    ]
 
 
 @hookimpl
 def mlruntime_register_distributors() -> list[DistributorSpec]:
-    """Estimators, distributors and scaling configs this plugin provides."""
-    return []
-
-
-@hookimpl
-def mlruntime_register_commands() -> list[CommandSpec]:
-    """CLI commands this plugin adds."""
-    return []
+    """``TensorFlowDistributor`` and ``TFScalingConfig``."""
+    return [
+        DistributorSpec(
+            "TensorFlowDistributor",
+            "mlruntime_tensorflow.distributor:TensorFlowDistributor",
+            requires=_REQUIRES,
+            framework="tensorflow",
+            role="distributor",
+            description="train_func on every Ray worker with TF_CONFIG (MultiWorkerMirrored)",
+        ),
+        DistributorSpec(
+            "TFScalingConfig",
+            "mlruntime_tensorflow.distributor:TFScalingConfig",
+            requires=_REQUIRES,
+            framework="tensorflow",
+            role="config",
+        ),
+    ]
