@@ -96,16 +96,20 @@ def test_dataset_map_is_sharded_per_rank(ray_cluster: None, tmp_path: Path) -> N
     assert [len(v[0]) for v in equal.return_values] == [500, 500]
 
 
-def report_steps() -> int:
+def report_steps() -> list[list[str]]:
+    """Reports 3 checkpoints; after each, lists the checkpoint folders already on disk."""
     ctx = get_context()
     ctx.phase("loading data")
     ctx.phase("fitting")
+    folder = Path(ctx.get_model_dir()).parent / "checkpoints"
+    on_disk = []
     for step in range(3):
         ctx.report(
             {"step": step, "loss": 1.0 / (step + 1)},
             checkpoint=Checkpoint.from_dict({"step": step}),
         )
-    return ctx.get_rank()
+        on_disk.append(sorted(p.name for p in folder.glob("checkpoint_*")))
+    return on_disk
 
 
 def test_reports_and_checkpoints_reach_the_result(
@@ -118,6 +122,10 @@ def test_reports_and_checkpoints_reach_the_result(
     assert result.get_checkpoint().to_dict() == {"step": 2}
     location = Path(result.get_checkpoint_location())
     assert location.parent == tmp_path / "checkpoints" and (location / "state.pkl").exists()
+    # Each checkpoint is a directory under artifact_location by the time report() returns.
+    names = [f"checkpoint_{i:06d}" for i in range(3)]
+    assert result.return_values[0] == [names[:1], names[:2], names]
+    assert location.name == names[-1]
     out = capsys.readouterr().out
     assert "connecting to Ray" in out and "training on 2 workers" in out
     assert "step=2, loss=0.33333" in out and "finished in" in out

@@ -97,6 +97,16 @@ def test_process_group_and_torchrun_env_are_ready(ray_cluster: None, tmp_path: P
     assert {r["sum"] for r in again.return_values} == {3.0}
 
 
+def sgd_step(model: Any, optimizer: Any, batch: dict[str, Any]) -> Any:
+    """One optimizer step of y ~ x0..x3 on a batch; returns the loss."""
+    x = torch.stack([batch[f"x{j}"] for j in range(4)], dim=1)
+    loss = torch.nn.functional.mse_loss(model(x)[:, 0], batch["y"])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_linear(config: dict[str, Any]) -> dict[str, Any]:
     ctx = get_context()
     torch.manual_seed(0)
@@ -107,11 +117,7 @@ def train_linear(config: dict[str, Any]) -> dict[str, Any]:
     steps = 0
     for epoch in range(config["epochs"]):
         for batch in data:
-            x = torch.stack([batch[f"x{j}"] for j in range(4)], dim=1)
-            loss = torch.nn.functional.mse_loss(model(x)[:, 0], batch["y"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss = sgd_step(model, optimizer, batch)
             steps += 1
             if epoch == 0:
                 seen.extend(batch["id"].tolist())
@@ -160,11 +166,7 @@ def resumable_train() -> dict[str, Any]:
         data.load_state_dict(state["data"])
         seen, step = state["seen"], state["step"]
     for batch in data:
-        x = torch.stack([batch[f"x{j}"] for j in range(4)], dim=1)
-        loss = torch.nn.functional.mse_loss(model(x)[:, 0], batch["y"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        sgd_step(model, optimizer, batch)
         step += 1
         ids: list[Any] = [None, None]
         dist.all_gather_object(ids, batch["id"].tolist())
@@ -197,6 +199,11 @@ def test_killed_rank_restarts_and_resumes_mid_epoch_seeing_each_row_once(
     seen = out["seen"]
     assert sorted(seen[0] + seen[1]) == list(range(1000))  # every row of the epoch once
     assert result.get_metrics_history()[0]["step"] == 8  # resumed after the step-4 checkpoint
+    # Every reported checkpoint is a directory under artifact_location, numbered across attempts:
+    # step 4 from the first attempt, steps 8..20 from the second.
+    stored = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert stored == [f"checkpoint_{i:06d}" for i in range(5)]
+    assert result.get_checkpoint_location() == str(tmp_path / "checkpoints" / stored[-1])
 
 
 def fail_on_both_ranks() -> None:

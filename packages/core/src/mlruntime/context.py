@@ -94,6 +94,23 @@ class Checkpoint:
                 pickle.dump(self._data, handle)
         return target
 
+    def store(self, folder: str | os.PathLike[str], name: str) -> Path:
+        """Write the checkpoint as the directory ``folder/name``, atomically (staged, then
+        renamed: a crash leaves no half-written checkpoint), and remember it as ``path``."""
+        import shutil
+        import uuid
+
+        parent = Path(folder)
+        parent.mkdir(parents=True, exist_ok=True)
+        target = parent / name
+        staging = parent / f".staging-{uuid.uuid4().hex}"
+        self.to_directory(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        self.path = target
+        return target
+
     def __repr__(self) -> str:
         kind = "directory" if self.is_directory else "dict"
         where = f", path={str(self.path)!r}" if self.path else ""

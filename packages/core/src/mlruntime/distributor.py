@@ -323,13 +323,13 @@ class Distributor:
         key = (scaling, type(self.backend).__qualname__)
         attempts: list[AttemptRecord] = []
         checkpoint: Checkpoint | None = None
-        attempt = 0
+        attempt = stored = 0
         while True:
             progress.phase("place")
             group = _acquire(scaling, key, progress)
             import ray
 
-            ray.get(group.state.reset.remote(checkpoint))
+            ray.get(group.state.reset.remote(checkpoint, str(checkpoint_dir), stored))
             backend_info = self.backend.driver_setup(group)
             contexts = group.contexts(
                 backend_info=backend_info,
@@ -365,7 +365,8 @@ class Distributor:
                 values = group.run(_entry, self.backend, fn, envs, contexts=contexts, on_poll=poll)
             except WorkerError as err:
                 self.backend.driver_teardown()
-                history, last, _ = ray.get(group.state.snapshot.remote())
+                history, last, count = ray.get(group.state.snapshot.remote())
+                stored += count
                 group.shutdown()
                 if last is not None:
                     checkpoint = last
@@ -395,9 +396,7 @@ class Distributor:
             history, last, _ = ray.get(group.state.snapshot.remote())
             _release(group, key, self.backend.reuse_workers)
             break
-        location = None
-        if last is not None:
-            location = str(_store_checkpoint(last, checkpoint_dir, len(history)))
+        location = str(last.path) if last is not None and last.path is not None else None
         timings = progress.finish()
         return Result(
             metrics=history[-1] if history else {},
@@ -416,19 +415,6 @@ def _default_run_dir(name: str) -> Path:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return mlruntime_home() / "runs" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def _store_checkpoint(checkpoint: Checkpoint, folder: Path, index: int) -> Path:
-    target = folder / f"checkpoint_{index:06d}"
-    staging = folder / f".staging-{uuid.uuid4().hex}"
-    checkpoint.to_directory(staging)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    checkpoint.path = target
-    return target
 
 
 def _check_callable(fn: Any) -> None:

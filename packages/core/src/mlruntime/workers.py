@@ -144,22 +144,36 @@ class _Worker:
 
 
 class _JobState:
-    """A zero-CPU actor holding a job's reports: rank 0's metrics and phases, and its last
-    checkpoint. It outlives the workers, so a restart finds the last checkpoint here."""
+    """A zero-CPU actor on the driver's node holding a job's reports: rank 0's metrics and
+    phases, and its last checkpoint, which it writes under the job's checkpoint folder as it
+    arrives (before ``report`` returns). It outlives the workers' failures within an attempt, so
+    a restart finds the last checkpoint here or on disk."""
 
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self, checkpoint: Checkpoint | None = None) -> None:
+    def reset(
+        self,
+        checkpoint: Checkpoint | None = None,
+        folder: str | None = None,
+        stored_before: int = 0,
+    ) -> None:
+        """Start a job (or an attempt): checkpoints go to ``folder`` as ``checkpoint_NNNNNN``,
+        numbered on from ``stored_before``."""
         self.history: list[dict[str, Any]] = []
         self.events: list[tuple[str, Any]] = []
         self.checkpoint = checkpoint
         self.checkpoints_reported = 0
+        self.folder = folder
+        self.stored_before = stored_before
 
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
         self.history.append(metrics)
         self.events.append(("metrics", metrics))
         if checkpoint is not None:
+            if self.folder is not None:
+                index = self.stored_before + self.checkpoints_reported
+                checkpoint.store(self.folder, f"checkpoint_{index:06d}")
             self.checkpoint = checkpoint
             self.checkpoints_reported += 1
 
@@ -225,7 +239,11 @@ class WorkerGroup:
         if s.memory:
             bundle["memory"] = float(s.memory)
         self._pg = placement_group([dict(bundle)] * s.num_workers, strategy=s.placement_strategy)
-        self.state = ray.remote(num_cpus=0)(_JobState).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # On the driver's node: the checkpoints it writes land on the driver's filesystem.
+        self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
         ready, _ = ray.wait([self._pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
             remove_placement_group(self._pg)
