@@ -7,25 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from mlruntime import DataConnector
 from mlruntime.errors import ColumnError, ConfigError
-from mlruntime.testing import sample_table
+from mlruntime.testing import write_sample_parquet
 from mlruntime_pytorch import TorchDataset, to_torch_dataset
 
 
 @pytest.fixture
 def parquet_dc(tmp_path: Path) -> DataConnector:
     """1,000 rows (ids 0..999) in 4 files of row groups of 50 rows."""
-    for i in range(4):
-        pq.write_table(
-            sample_table(i * 250, 250, features=3), tmp_path / f"p{i}.parquet", row_group_size=50
-        )
-    return DataConnector.from_sources(tmp_path)
+    return DataConnector.from_sources(write_sample_parquet(tmp_path))
 
 
 def ids_of(batches: object) -> list[int]:

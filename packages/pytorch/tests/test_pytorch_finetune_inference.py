@@ -3,7 +3,6 @@ and batch inference of a torch model into sinks, all or nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +13,7 @@ import torch
 
 from mlruntime import DataConnector, ParquetSink
 from mlruntime.errors import ColumnError, ConfigError, WorkerError
+from mlruntime.testing import load_module_from_path
 from mlruntime_pytorch import PyTorchScalingConfig, WorkerResourceConfig, batch_inference
 from mlruntime_pytorch.pretrained import (
     WEIGHTS,
@@ -31,11 +31,7 @@ TWO = PyTorchScalingConfig(
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pytorch_finetune_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not in sys.modules: its functions travel by value
-    return module
+    return load_module_from_path(EXAMPLE, "pytorch_finetune_example")
 
 
 def scratch_holdout_mse(epochs: int) -> float:

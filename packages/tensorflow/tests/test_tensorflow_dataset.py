@@ -8,24 +8,19 @@ from pathlib import Path
 import keras
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
 from mlruntime import DataConnector
 from mlruntime.errors import ColumnError, ConfigError
-from mlruntime.testing import sample_table
+from mlruntime.testing import write_sample_parquet
 from mlruntime_tensorflow import to_tf_dataset
 
 
 @pytest.fixture
 def parquet_dc(tmp_path: Path) -> DataConnector:
     """1,000 rows (ids 0..999) in 4 files of row groups of 50 rows."""
-    for i in range(4):
-        pq.write_table(
-            sample_table(i * 250, 250, features=3), tmp_path / f"p{i}.parquet", row_group_size=50
-        )
-    return DataConnector.from_sources(tmp_path)
+    return DataConnector.from_sources(write_sample_parquet(tmp_path))
 
 
 def ids_of(dataset: tf.data.Dataset) -> list[int]:

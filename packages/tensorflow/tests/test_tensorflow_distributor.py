@@ -4,7 +4,6 @@ checkpoint, batch inference to a sink), and bad input."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from mlruntime import DataConnector, get_context
 from mlruntime.errors import ConfigError
+from mlruntime.testing import load_module_from_path
 from mlruntime_tensorflow import TensorFlowDistributor, TFScalingConfig, WorkerResourceConfig
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "tensorflow_keras.py"
@@ -27,11 +27,7 @@ TWO = TFScalingConfig(
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tensorflow_keras_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not in sys.modules: its functions travel by value
-    return module
+    return load_module_from_path(EXAMPLE, "tensorflow_keras_example")
 
 
 def read_tf_config() -> dict[str, Any]:

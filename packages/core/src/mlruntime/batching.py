@@ -20,7 +20,14 @@ import pyarrow as pa
 from mlruntime.convert import table_to_numpy
 from mlruntime.sources import Fragment, ParquetFragment, read_row_groups
 
-__all__ = ["DEFAULT_SHUFFLE_BUFFER_ROWS", "Piece", "iter_numpy_batches", "prefetch", "read_pieces"]
+__all__ = [
+    "DEFAULT_SHUFFLE_BUFFER_ROWS",
+    "Piece",
+    "check_batch_size",
+    "iter_numpy_batches",
+    "prefetch",
+    "read_pieces",
+]
 
 DEFAULT_SHUFFLE_BUFFER_ROWS = 262_144
 """Rows mixed together at once when shuffling (at least two pieces' worth are always mixed)."""
@@ -29,6 +36,22 @@ MAX_GROUP_ROWS = 262_144
 """Consecutive row groups of one Parquet file are read in one call up to this many rows."""
 
 Batch = dict[str, np.ndarray]
+
+
+def check_batch_size(value: Any, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` as a batch size (rows per batch).
+
+    Raises:
+        ConfigError: Unless it is a positive integer (or ``None`` when ``allow_none``).
+    """
+    from mlruntime.errors import ConfigError
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        expected = "a positive integer or None" if allow_none else "a positive integer"
+        raise ConfigError(f"batch_size must be {expected}, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -66,8 +89,11 @@ class Piece:
         return table.slice(self.start, max(0, stop - self.start))
 
 
-def read_pieces(pieces: Iterable[Piece], columns: Sequence[str] | None) -> Iterator[pa.Table]:
-    """Read pieces in order, merging runs of whole row groups of one Parquet file into one read."""
+def read_pieces(
+    pieces: Iterable[Piece], columns: Sequence[str] | None, max_rows: int = MAX_GROUP_ROWS
+) -> Iterator[pa.Table]:
+    """Read pieces in order, merging runs of whole row groups of one Parquet file into one read
+    of at most ``max_rows`` rows (a single larger row group is still read whole)."""
     run: list[ParquetFragment] = []
     run_rows = 0
 
@@ -83,7 +109,7 @@ def read_pieces(pieces: Iterable[Piece], columns: Sequence[str] | None) -> Itera
         frag = piece.fragment
         if isinstance(frag, ParquetFragment) and piece.whole:
             same_file = run and run[0].path == frag.path and run[0].filesystem is frag.filesystem
-            if run and (not same_file or run_rows + (frag.num_rows or 0) > MAX_GROUP_ROWS):
+            if run and (not same_file or run_rows + (frag.num_rows or 0) > max_rows):
                 yield from flush()
             run.append(frag)
             run_rows += frag.num_rows or 0

@@ -21,8 +21,10 @@ import pyarrow as pa
 
 from mlruntime.batching import (
     DEFAULT_SHUFFLE_BUFFER_ROWS,
+    MAX_GROUP_ROWS,
     Batch,
     Piece,
+    check_batch_size,
     iter_numpy_batches,
     prefetch,
     read_pieces,
@@ -412,6 +414,7 @@ class DataConnector:
         columns: Sequence[str] | None = None,
         shuffle_buffer_size: int | None = None,
         prefetch_tables: int = 2,
+        read_rows: int | None = None,
     ) -> Iterator[Batch]:
         """Yield dicts of column -> numpy array, each of exactly ``batch_size`` rows.
 
@@ -429,17 +432,14 @@ class DataConnector:
             columns: Columns to return (default: all selected columns).
             shuffle_buffer_size: Rows mixed at once (default 262,144).
             prefetch_tables: Tables read ahead in the background.
+            read_rows: Rows read at once at most (Parquet row groups of one file are merged
+                up to this; default 262,144). Smaller reads lower peak memory.
 
         Raises:
             ConfigError: If ``batch_size`` is not a positive integer.
             ColumnError: If ``columns`` names an unknown column.
         """
-        if (
-            not isinstance(batch_size, (int, np.integer))
-            or isinstance(batch_size, bool)
-            or (batch_size <= 0)
-        ):
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        size = check_batch_size(batch_size)
         if columns is not None:
             self._check_columns(columns, self.schema)
         rng = self._rng(seed, epoch) if shuffle else None
@@ -447,10 +447,11 @@ class DataConnector:
         if rng is not None:
             pieces = [pieces[i] for i in rng.permutation(len(pieces))]
         read_columns = list(columns) if columns is not None else self._columns
-        tables = prefetch(read_pieces(pieces, read_columns), depth=prefetch_tables)
+        reads = read_pieces(pieces, read_columns, max_rows=read_rows or MAX_GROUP_ROWS)
+        tables = prefetch(reads, depth=prefetch_tables)
         return iter_numpy_batches(
             tables,
-            int(batch_size),
+            int(size or 0),
             drop_last_batch=drop_last_batch,
             rng=rng,
             shuffle_buffer_rows=shuffle_buffer_size or DEFAULT_SHUFFLE_BUFFER_ROWS,

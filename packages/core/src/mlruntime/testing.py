@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,8 +39,10 @@ __all__ = [
     "HEAVY_MODULES",
     "PluginConformance",
     "imported_modules_after",
+    "load_module_from_path",
     "sample_table",
     "simulated_cluster",
+    "write_sample_parquet",
 ]
 
 HEAVY_MODULES = ("torch", "tensorflow", "xgboost", "lightgbm", "ray", "keras", "jax")
@@ -110,6 +116,40 @@ def sample_table(start: int, rows: int, features: int = 1) -> pa.Table:
             columns[f"x{j}"] = np.sin(ids * (j + 1) * 0.01).astype(np.float32)
     columns["label"] = (ids % 3).astype(np.int32)
     return pa.table(columns)
+
+
+def write_sample_parquet(
+    folder: str | os.PathLike[str],
+    files: int = 4,
+    rows_per_file: int = 250,
+    features: int = 3,
+    row_group_size: int = 50,
+) -> Path:
+    """Write ``files`` Parquet files of :func:`sample_table` rows (ids 0.. in file order) into
+    ``folder``, each with row groups of ``row_group_size`` rows; return the folder."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    import pyarrow.parquet as pq
+
+    for i in range(files):
+        table = sample_table(i * rows_per_file, rows_per_file, features=features)
+        pq.write_table(table, target / f"part-{i:03d}.parquet", row_group_size=row_group_size)
+    return target
+
+
+def load_module_from_path(path: str | os.PathLike[str], name: str) -> ModuleType:
+    """Import a script (an example) as a module named ``name`` without adding it to
+    ``sys.modules``, so functions it defines travel to Ray workers by value.
+
+    Raises:
+        ImportError: If ``path`` cannot be loaded.
+    """
+    spec = importlib.util.spec_from_file_location(name, os.fspath(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {os.fspath(path)!r} as a module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class PluginConformance:

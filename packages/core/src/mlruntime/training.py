@@ -16,6 +16,7 @@ from mlruntime.context import get_context
 from mlruntime.errors import ColumnError, ConfigError, DataError
 
 __all__ = [
+    "BatchPredictor",
     "PeakMemory",
     "as_connector",
     "check_training_columns",
@@ -161,13 +162,22 @@ def feature_batches(
     *,
     batch_size: int = 65_536,
     dtype: Any = np.float32,
+    prefetch_tables: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """Stream ``(X, y, w)``: a 2-D ``dtype`` feature matrix per batch, labels and weights.
 
-    Only one batch is materialized at a time (the last batch may be shorter).
+    Only one batch is materialized at a time (the last batch may be shorter); reads are about
+    a batch long and one is read ahead: the consumers (matrix builders) are CPU-bound, so
+    larger or further reads would only raise peak memory.
     """
     columns = list(dict.fromkeys([*input_cols, *(c for c in (label_col, weight_col) if c)]))
-    for batch in connector.to_batches(batch_size, drop_last_batch=False, columns=columns):
+    for batch in connector.to_batches(
+        batch_size,
+        drop_last_batch=False,
+        columns=columns,
+        prefetch_tables=prefetch_tables,
+        read_rows=batch_size,
+    ):
         n = len(batch[columns[0]])
         x = np.empty((n, len(input_cols)), dtype=dtype)
         for j, name in enumerate(input_cols):
@@ -199,6 +209,56 @@ def table_to_matrix(
         else:
             out[:, j] = column_to_numpy(column)
     return out
+
+
+class BatchPredictor:
+    """Base of the picklable ``Arrow table -> numpy`` functions framework plugins score with.
+
+    The model is loaded once per process (:meth:`load`) and run on ``batch_size`` rows at a time
+    (:meth:`forward`) of a float32 matrix of ``input_cols``; a single output column comes back
+    as a 1-D array. The loaded model is never pickled.
+
+    Args:
+        input_cols: Feature columns, in the order the model expects.
+        batch_size: Rows per forward pass.
+
+    Raises:
+        ConfigError: If ``batch_size`` is not a positive integer.
+    """
+
+    def __init__(self, input_cols: Sequence[str], batch_size: int = 4096) -> None:
+        from mlruntime.batching import check_batch_size
+
+        self.input_cols = list(input_cols)
+        self.batch_size = int(check_batch_size(batch_size) or 0)
+        self._model: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+    def load(self) -> Any:
+        """Build or deserialize the model (called once per process)."""
+        raise NotImplementedError
+
+    def forward(self, model: Any, x: np.ndarray) -> Any:
+        """The model's outputs for a ``(rows, features)`` float32 matrix."""
+        raise NotImplementedError
+
+    def model(self) -> Any:
+        """The model, loaded on first use."""
+        if self._model is None:
+            self._model = self.load()
+        return self._model
+
+    def __call__(self, table: pa.Table) -> np.ndarray:
+        model = self.model()
+        x = table_to_matrix(table, self.input_cols)
+        step = self.batch_size
+        outputs = [np.asarray(self.forward(model, x[i : i + step])) for i in range(0, len(x), step)]
+        if not outputs:
+            return np.empty(0, dtype=np.float32)
+        result = np.concatenate(outputs)
+        return result[:, 0] if result.ndim == 2 and result.shape[1] == 1 else result
 
 
 def _score_shard(

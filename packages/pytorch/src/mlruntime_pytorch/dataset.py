@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mlruntime.batching import check_batch_size
 from mlruntime.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
 from mlruntime.errors import ConfigError
 
@@ -280,12 +281,7 @@ def to_torch_dataset(
         >>> for batch in torch.utils.data.DataLoader(ds, batch_size=None):
         ...     loss = model(batch["x"]) ...
     """
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size <= 0
-    ):
-        raise ConfigError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    size = check_batch_size(batch_size, allow_none=True)
     if not isinstance(connector, (DataConnector, ShardedDataConnector)):
         raise ConfigError(f"to_torch_dataset needs a DataConnector, got {type(connector).__name__}")
     if columns is not None:
@@ -293,7 +289,7 @@ def to_torch_dataset(
         base.select(columns)  # raises ColumnError for unknown names
     return TorchDataset(
         connector,
-        int(batch_size) if batch_size is not None else None,
+        size,
         bool(shuffle),
         bool(drop_last_batch),
         seed,

@@ -23,18 +23,9 @@ rank failed well before that)."""
 
 
 class PyTorchScalingConfig(NodeScalingConfig):
-    """The shape of a PyTorch job.
-
-    Args:
-        num_nodes: Nodes to use (``-1``: every node that can hold a worker).
-        num_workers_per_node: Workers per node (``-1``: one per GPU of the node when GPUs are
-            used, else one per node).
-        resource_requirements_per_worker: CPUs/GPUs of each worker (default: auto — the
-            node's CPUs split among its workers, one GPU each when the cluster has GPUs).
-
-    Raises:
-        ConfigError: For 0 or negative (other than -1) counts, or resources that are not a
-            WorkerResourceConfig.
+    """The shape of a PyTorch job: ``num_nodes``, ``num_workers_per_node`` and
+    ``resource_requirements_per_worker``, each ``-1``/``None`` for auto (one worker per GPU,
+    else one per node). Fields, auto rules and errors: :class:`mlruntime.NodeScalingConfig`.
     """
 
 

@@ -11,17 +11,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from mlruntime.errors import ConfigError
-from mlruntime.training import predict_on_workers, table_to_matrix
+from mlruntime.training import BatchPredictor, predict_on_workers
 from mlruntime_pytorch.distributor import PyTorchScalingConfig
 
 __all__ = ["batch_inference"]
 
 
-class TorchPredictor:
+class TorchPredictor(BatchPredictor):
     """A picklable ``Arrow table -> numpy`` function around a torch model.
 
     The model travels as ``torch.save`` bytes of the whole module (its class must be importable
@@ -32,47 +31,38 @@ class TorchPredictor:
             that builds it on the worker.
         input_cols: Feature columns, stacked into a ``(rows, features)`` float32 tensor.
         batch_size: Rows per forward pass.
+
+    Raises:
+        ConfigError: If ``batch_size`` is not a positive integer.
     """
 
     def __init__(self, model: Any, input_cols: list[str], batch_size: int = 4096) -> None:
-        self.input_cols = input_cols
-        self.batch_size = batch_size
-        self._model: Any = None
+        super().__init__(input_cols, batch_size)
+        self._blob: bytes | None = None
+        self._factory: Callable[[], Any] | None = None
         if isinstance(model, torch.nn.Module):
             buffer = io.BytesIO()
             torch.save(model, buffer)
-            self._blob: bytes | None = buffer.getvalue()
-            self._factory: Callable[[], Any] | None = None
+            self._blob = buffer.getvalue()
         else:
-            self._blob, self._factory = None, model
+            self._factory = model
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}
+    def load(self) -> Any:
+        """The model in eval mode."""
+        if self._blob is not None:
+            model = torch.load(io.BytesIO(self._blob), weights_only=False)
+        else:
+            assert self._factory is not None
+            model = self._factory()
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        return model
 
-    def model(self) -> Any:
-        """The model, loaded (once) in eval mode."""
-        if self._model is None:
-            if self._blob is not None:
-                self._model = torch.load(io.BytesIO(self._blob), weights_only=False)
-            else:
-                assert self._factory is not None
-                self._model = self._factory()
-            if isinstance(self._model, torch.nn.Module):
-                self._model.eval()
-        return self._model
-
-    def __call__(self, table: pa.Table) -> np.ndarray:
-        model = self.model()
-        x = torch.from_numpy(table_to_matrix(table, self.input_cols))
-        outputs = []
+    def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Outputs of ``model`` on ``x`` under ``torch.inference_mode``."""
         with torch.inference_mode():
-            for start in range(0, len(x), self.batch_size):
-                out = model(x[start : start + self.batch_size])
-                outputs.append(out.detach().float().cpu().numpy())
-        if not outputs:
-            return np.empty(0, dtype=np.float32)
-        result = np.concatenate(outputs)
-        return result[:, 0] if result.ndim == 2 and result.shape[1] == 1 else result
+            out = model(torch.from_numpy(x))
+        return np.asarray(out.detach().float().cpu().numpy())
 
 
 def batch_inference(
@@ -114,8 +104,6 @@ def batch_inference(
         raise ConfigError(
             f"model must be a torch.nn.Module or a factory, got {type(model).__name__}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return predict_on_workers(
         TorchPredictor(model, list(input_cols), batch_size),
         dataset,

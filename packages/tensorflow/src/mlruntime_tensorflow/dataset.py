@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
+from mlruntime.batching import check_batch_size
 from mlruntime.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
 from mlruntime.errors import ColumnError, ConfigError, DataError
 
@@ -136,12 +137,7 @@ def to_tf_dataset(
     """
     if batch_size is None:
         raise ConfigError("to_tf_dataset needs batch_size (rows per batch), e.g. batch_size=256")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size <= 0
-    ):
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    size = int(check_batch_size(batch_size) or 0)
     if not isinstance(connector, (DataConnector, ShardedDataConnector)):
         raise ConfigError(f"to_tf_dataset needs a DataConnector, got {type(connector).__name__}")
     base = connector.connector if isinstance(connector, ShardedDataConnector) else connector
@@ -156,7 +152,6 @@ def to_tf_dataset(
             raise ColumnError(
                 f"label column {name!r} has type {typ}; labels must be numeric or boolean"
             )
-    size = int(batch_size)
     static = size if drop_last_batch else None
     feature_spec = {n: tensor_spec(schema.field(n), static) for n in features}
     label_spec = {n: tensor_spec(schema.field(n), static) for n in labels}
@@ -195,7 +190,7 @@ def to_tf_dataset(
     dataset = tf.data.Dataset.from_generator(blocks, output_signature=signature).unbatch()
     rows = _rows_per_epoch(connector)
     if rows is not None:
-        full, rest = divmod(rows, int(batch_size))
+        full, rest = divmod(rows, size)
         count = full + (1 if rest and not drop_last_batch else 0)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     if _in_distributed_job():

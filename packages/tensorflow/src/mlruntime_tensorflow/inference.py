@@ -12,16 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from mlruntime.errors import ConfigError
-from mlruntime.training import predict_on_workers, table_to_matrix
+from mlruntime.training import BatchPredictor, predict_on_workers
 from mlruntime_tensorflow.distributor import TFScalingConfig
 
 __all__ = ["KerasPredictor", "batch_inference"]
 
 
-class KerasPredictor:
+class KerasPredictor(BatchPredictor):
     """A picklable ``Arrow table -> numpy`` function around a Keras model.
 
     The model travels in Keras' ``.keras`` format (custom layers must be registered
@@ -31,14 +30,15 @@ class KerasPredictor:
         model: A ``keras.Model``, or a zero-argument factory that builds it on the worker.
         input_cols: Feature columns, stacked into a ``(rows, features)`` float32 matrix.
         batch_size: Rows per forward pass.
+
+    Raises:
+        ConfigError: If ``batch_size`` is not a positive integer.
     """
 
     def __init__(self, model: Any, input_cols: list[str], batch_size: int = 4096) -> None:
         import keras
 
-        self.input_cols = input_cols
-        self.batch_size = batch_size
-        self._model: Any = None
+        super().__init__(input_cols, batch_size)
         self._factory: Callable[[], Any] | None = None
         self._blob: bytes | None = None
         if isinstance(model, keras.Model):
@@ -50,36 +50,22 @@ class KerasPredictor:
         else:
             self._factory = model
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}
+    def load(self) -> Any:
+        """The deserialized model (or the factory's)."""
+        if self._blob is None:
+            assert self._factory is not None
+            return self._factory()
+        import keras
 
-    def model(self) -> Any:
-        """The model, loaded (once)."""
-        if self._model is None:
-            if self._blob is not None:
-                import keras
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            with open(path, "wb") as handle:
+                handle.write(self._blob)
+            return keras.saving.load_model(path)
 
-                with tempfile.TemporaryDirectory() as folder:
-                    path = os.path.join(folder, "model.keras")
-                    with open(path, "wb") as handle:
-                        handle.write(self._blob)
-                    self._model = keras.saving.load_model(path)
-            else:
-                assert self._factory is not None
-                self._model = self._factory()
-        return self._model
-
-    def __call__(self, table: pa.Table) -> np.ndarray:
-        model = self.model()
-        x = table_to_matrix(table, self.input_cols)
-        outputs = [
-            np.asarray(model(x[start : start + self.batch_size], training=False))
-            for start in range(0, len(x), self.batch_size)
-        ]
-        if not outputs:
-            return np.empty(0, dtype=np.float32)
-        result = np.concatenate(outputs)
-        return result[:, 0] if result.ndim == 2 and result.shape[1] == 1 else result
+    def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Outputs of ``model`` on ``x`` in inference mode."""
+        return np.asarray(model(x, training=False))
 
 
 def batch_inference(
@@ -119,8 +105,6 @@ def batch_inference(
     """
     if not callable(model):
         raise ConfigError(f"model must be a keras.Model or a factory, got {type(model).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return predict_on_workers(
         KerasPredictor(model, list(input_cols), batch_size),
         dataset,
