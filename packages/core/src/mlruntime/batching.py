@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,14 @@ MAX_GROUP_ROWS = 262_144
 """Consecutive row groups of one Parquet file are read in one call up to this many rows."""
 
 Batch = dict[str, np.ndarray]
+
+
+@overload
+def check_batch_size(value: Any, *, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_batch_size(value: Any, *, allow_none: bool) -> int | None: ...
 
 
 def check_batch_size(value: Any, *, allow_none: bool = False) -> int | None:

@@ -414,7 +414,7 @@ class DataConnector:
         columns: Sequence[str] | None = None,
         shuffle_buffer_size: int | None = None,
         prefetch_tables: int = 2,
-        read_rows: int | None = None,
+        read_rows: int = MAX_GROUP_ROWS,
     ) -> Iterator[Batch]:
         """Yield dicts of column -> numpy array, each of exactly ``batch_size`` rows.
 
@@ -447,11 +447,11 @@ class DataConnector:
         if rng is not None:
             pieces = [pieces[i] for i in rng.permutation(len(pieces))]
         read_columns = list(columns) if columns is not None else self._columns
-        reads = read_pieces(pieces, read_columns, max_rows=read_rows or MAX_GROUP_ROWS)
+        reads = read_pieces(pieces, read_columns, max_rows=read_rows)
         tables = prefetch(reads, depth=prefetch_tables)
         return iter_numpy_batches(
             tables,
-            int(size or 0),
+            size,
             drop_last_batch=drop_last_batch,
             rng=rng,
             shuffle_buffer_rows=shuffle_buffer_size or DEFAULT_SHUFFLE_BUFFER_ROWS,

@@ -221,16 +221,23 @@ class BatchPredictor:
     Args:
         input_cols: Feature columns, in the order the model expects.
         batch_size: Rows per forward pass.
+        categories: Categorical columns' values (see :func:`table_to_matrix`).
 
     Raises:
         ConfigError: If ``batch_size`` is not a positive integer.
     """
 
-    def __init__(self, input_cols: Sequence[str], batch_size: int = 4096) -> None:
+    def __init__(
+        self,
+        input_cols: Sequence[str],
+        batch_size: int = 4096,
+        categories: dict[str, pa.Array] | None = None,
+    ) -> None:
         from mlruntime.batching import check_batch_size
 
         self.input_cols = list(input_cols)
-        self.batch_size = int(check_batch_size(batch_size) or 0)
+        self.batch_size = check_batch_size(batch_size)
+        self.categories = categories
         self._model: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -252,7 +259,7 @@ class BatchPredictor:
 
     def __call__(self, table: pa.Table) -> np.ndarray:
         model = self.model()
-        x = table_to_matrix(table, self.input_cols)
+        x = table_to_matrix(table, self.input_cols, categories=self.categories)
         step = self.batch_size
         outputs = [np.asarray(self.forward(model, x[i : i + step])) for i in range(0, len(x), step)]
         if not outputs:

@@ -23,6 +23,7 @@ from mlruntime.distributor import Backend, Distributor
 from mlruntime.errors import ConfigError, MLRuntimeError
 from mlruntime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.training import (
+    BatchPredictor,
     PeakMemory,
     as_connector,
     check_training_columns,
@@ -33,6 +34,9 @@ from mlruntime.training import (
 from mlruntime.workers import WorkerGroup
 
 __all__ = ["LightGBMEstimator", "LightGBMScalingConfig", "shard_matrix"]
+
+PREDICT_BATCH_ROWS = 65_536
+"""Rows scored at once."""
 
 NETWORK_TIMEOUT_MINUTES = 10
 
@@ -430,21 +434,18 @@ def _categorical_features(booster: Any) -> list[str]:
     return [name for name in booster.feature_name() if infos.get(name, {}).get("values")]
 
 
-class _Predictor:
+class _Predictor(BatchPredictor):
     """A picklable predict function over a LightGBM model string (loaded once per worker)."""
 
     def __init__(self, model: str, features: list[str], categories: dict[str, pa.Array]):
-        self.model, self.features, self.categories = model, features, categories
-        self._booster: Any = None
+        super().__init__(features, batch_size=PREDICT_BATCH_ROWS, categories=categories)
+        self.model_text = model
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_booster": None}
+    def load(self) -> Any:
+        return lgb.Booster(model_str=self.model_text)
 
-    def __call__(self, table: Any) -> np.ndarray:
-        if self._booster is None:
-            self._booster = lgb.Booster(model_str=self.model)
-        x = table_to_matrix(table, self.features, categories=self.categories)
-        return np.asarray(self._booster.predict(x))
+    def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(x))
 
 
 def _categories(connector: DataConnector, column: str) -> pa.Array:

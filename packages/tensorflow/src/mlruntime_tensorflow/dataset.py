@@ -137,7 +137,7 @@ def to_tf_dataset(
     """
     if batch_size is None:
         raise ConfigError("to_tf_dataset needs batch_size (rows per batch), e.g. batch_size=256")
-    size = int(check_batch_size(batch_size) or 0)
+    size = check_batch_size(batch_size)
     if not isinstance(connector, (DataConnector, ShardedDataConnector)):
         raise ConfigError(f"to_tf_dataset needs a DataConnector, got {type(connector).__name__}")
     base = connector.connector if isinstance(connector, ShardedDataConnector) else connector

@@ -20,17 +20,20 @@ from mlruntime.distributor import Backend, Distributor
 from mlruntime.errors import ConfigError, MLRuntimeError
 from mlruntime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.training import (
+    BatchPredictor,
     PeakMemory,
     as_connector,
     check_training_columns,
     feature_batches,
     score_to_sink,
-    table_to_matrix,
 )
 from mlruntime.workers import WorkerGroup
 from mlruntime_xgboost.adapter import build_dmatrix
 
 __all__ = ["XGBEstimator", "XGBScalingConfig"]
+
+PREDICT_BATCH_ROWS = 65_536
+"""Rows scored at once on a worker."""
 
 
 @dataclass(frozen=True)
@@ -408,22 +411,20 @@ class XGBEstimator:
         return booster
 
 
-class _Predictor:
+class _Predictor(BatchPredictor):
     """A picklable predict function over a serialized booster (loaded once per worker)."""
 
     def __init__(self, model: bytes, features: list[str]) -> None:
-        self.model = model
-        self.features = features
-        self._booster: Any = None
+        super().__init__(features, batch_size=PREDICT_BATCH_ROWS)
+        self.model_bytes = model
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"model": self.model, "features": self.features, "_booster": None}
+    def load(self) -> Any:
+        booster = xgb.Booster()
+        booster.load_model(bytearray(self.model_bytes))
+        return booster
 
-    def __call__(self, table: Any) -> np.ndarray:
-        if self._booster is None:
-            self._booster = xgb.Booster()
-            self._booster.load_model(bytearray(self.model))
-        return np.asarray(self._booster.inplace_predict(table_to_matrix(table, self.features)))
+    def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.inplace_predict(x))
 
 
 def _check_params(params: dict[str, Any]) -> None:
