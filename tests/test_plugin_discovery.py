@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 
 import mlruntime
-from mlruntime.plugins import ENTRY_POINT_GROUP
+from mlruntime.plugins.registry import ENTRY_POINT_GROUP
 
 FIRST_PARTY = ("xgboost", "lightgbm", "pytorch", "tensorflow")
 

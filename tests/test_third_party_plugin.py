@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from mlruntime.plugins import PluginRegistry
+from mlruntime.plugins.registry import PluginRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -79,7 +79,7 @@ def test_unknown_command_exits_with_usage() -> None:
 
 def test_plugins_check_exits_nonzero_when_a_target_does_not_import(tmp_path: Path) -> None:
     (tmp_path / "fakeplug_cli.py").write_text(
-        "from mlruntime.hookspecs import AdapterSpec, hookimpl\n"
+        "from mlruntime.plugins.hookspecs import AdapterSpec, hookimpl\n"
         "MLRUNTIME_PLUGIN_API = 1\n"
         "@hookimpl\n"
         "def mlruntime_register_adapters():\n"
@@ -96,3 +96,30 @@ def test_plugins_check_exits_nonzero_when_a_target_does_not_import(tmp_path: Pat
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["fakecli"]["status"] == "broken"
     assert any("cannot import 'fakeplug_cli_missing'" in w for w in rows["fakecli"]["warnings"])
+
+
+def test_datasets_list_show_and_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlruntime
+    from mlruntime.testing import sample_table
+
+    monkeypatch.setenv("MLRUNTIME_HOME", str(tmp_path))
+    assert main(["datasets", "list"]) == 0
+    assert "no datasets" in capsys.readouterr().out
+    mlruntime.create_from_dataframe("trips", "v1", sample_table(0, 50))
+    mlruntime.create_from_dataframe("trips", "v2", sample_table(0, 70))
+    assert main(["datasets", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["version"], r["rows"]) for r in rows] == [
+        ("trips", "v1", 50),
+        ("trips", "v2", 70),
+    ]
+    assert main(["datasets", "show", "trips", "--verify"]) == 0  # latest version
+    out = capsys.readouterr().out
+    assert "version v2: 70 rows" in out and "checksums: ok" in out and "id: int64" in out
+    assert main(["datasets", "delete", "trips", "v1"]) == 0
+    assert mlruntime.list_versions("trips") == ["v2"]
+    capsys.readouterr()
+    assert main(["datasets", "show", "trips", "v1"]) == 2  # gone: a clear error, not a trace
+    assert "has no version 'v1'" in capsys.readouterr().err

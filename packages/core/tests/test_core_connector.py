@@ -10,8 +10,8 @@ import pytest
 
 from mlruntime import DataConnector
 from mlruntime.errors import ColumnError, ConfigError, PluginNotFoundError
-from mlruntime.hookspecs import AdapterSpec, hookimpl
-from mlruntime.plugins import get_registry
+from mlruntime.plugins.hookspecs import AdapterSpec, hookimpl
+from mlruntime.plugins.registry import get_registry
 from mlruntime.testing import sample_table
 
 
@@ -82,7 +82,7 @@ def test_to_ray_dataset_has_every_row(parquet_dir: Path, ray_cluster: None) -> N
 
 
 def test_missing_adapter_names_the_extra_to_install() -> None:
-    from mlruntime.plugins import reset_registry
+    from mlruntime.plugins.registry import reset_registry
 
     reset_registry()
     get_registry().unregister("tensorflow")  # as if mlruntime-tensorflow were not installed

@@ -82,7 +82,8 @@ def _writer_process(home: Path, block_at: str, version: str = "v1") -> subproces
     code = textwrap.dedent(
         f"""
         import os, sys
-        import mlruntime.dataset as d
+        import mlruntime.store.datasets as d
+        import mlruntime.store.publish as publish
         from mlruntime.testing import sample_table
 
         def pause():
@@ -103,7 +104,7 @@ def _writer_process(home: Path, block_at: str, version: str = "v1") -> subproces
                 def rename(self, a, b):
                     pause()
                     real_rename(a, b)
-            d.os = PausingOs()
+            publish.os = PausingOs()  # the one atomic-publish helper datasets use
         try:
             d.create_from_dataframe("d", {version!r}, sample_table(0, 5000))
             print("CREATED", flush=True)

@@ -3,6 +3,7 @@ fail-fast errors from every rank, restarts after a killed worker, warm reuse."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from mlruntime import DataConnector, ShardedDataConnector
-from mlruntime.context import Checkpoint, get_context
-from mlruntime.distributor import Backend, Distributor
 from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
-from mlruntime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
+from mlruntime.runtime.context import Checkpoint, get_context
+from mlruntime.runtime.distributor import Backend, Distributor
+from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.testing import sample_table
 
 TWO = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
@@ -47,7 +48,7 @@ def test_get_context_outside_a_worker_is_a_clear_error() -> None:
 
 def test_every_rank_gets_its_context(ray_cluster: None, tmp_path: Path) -> None:
     params = {"lr": 0.01, "layers": [64, 32], "name": "mlp", "flag": True}
-    result = quiet().launch(describe_rank, hyper_params=params, artifact_location=tmp_path)
+    result = quiet().run(describe_rank, hyper_params=params, artifact_location=tmp_path)
     ranks = result.return_values
     assert [r["rank"] for r in ranks] == [0, 1]
     assert {r["world"] for r in ranks} == {2}
@@ -72,7 +73,7 @@ def count_shard_rows() -> tuple[list[int], list[int]]:
 
 def test_dataset_map_is_sharded_per_rank(ray_cluster: None, tmp_path: Path) -> None:
     table = sample_table(0, 1001)
-    result = quiet().launch(
+    result = quiet().run(
         count_shard_rows,
         dataset_map={
             "train": DataConnector.from_dataframe(table),
@@ -84,7 +85,7 @@ def test_dataset_map_is_sharded_per_rank(ray_cluster: None, tmp_path: Path) -> N
     assert sorted(t0 + t1) == list(range(1001)) and not set(t0) & set(t1)
     assert (len(t0), len(t1)) == (500, 501)
     assert l0 == t0 and l1 == t1  # get_shard() picks this rank's part the same way
-    equal = quiet().launch(
+    equal = quiet().run(
         count_shard_rows,
         dataset_map={
             "train": DataConnector.from_dataframe(table),
@@ -113,10 +114,16 @@ def report_steps() -> list[list[str]]:
 
 
 def test_reports_and_checkpoints_reach_the_result(
-    ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_cluster: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("MLRUNTIME_QUIET", raising=False)
+    caplog.set_level(logging.INFO, logger="mlruntime")
     d = Distributor(TWO, verbose=True)
-    result = d.launch(report_steps, artifact_location=tmp_path)
+    result = d.run(report_steps, artifact_location=tmp_path)
     assert result.get_metrics() == {"step": 2, "loss": 1.0 / 3}
     assert [m["step"] for m in result.get_metrics_history()] == [0, 1, 2]
     assert result.get_checkpoint().to_dict() == {"step": 2}
@@ -126,11 +133,34 @@ def test_reports_and_checkpoints_reach_the_result(
     names = [f"checkpoint_{i:06d}" for i in range(3)]
     assert result.return_values[0] == [names[:1], names[:2], names]
     assert location.name == names[-1]
-    out = capsys.readouterr().out
-    assert "connecting to Ray" in out and "training on 2 workers" in out
-    assert "step=2, loss=0.33333" in out and "finished in" in out
-    assert "] loading data" in out and "] fitting" in out
+    captured = capsys.readouterr()
+    # One summary line on stdout with rank 0's last report; the bar went to stderr.
+    summary = [line for line in captured.out.splitlines() if "finished in" in line]
+    assert len(summary) == 1 and "last report: step=2, loss=0.33333" in summary[0]
+    assert "loss=" in captured.err  # the progress bar showed rank 0's metrics
+    # Phases are log records of the mlruntime loggers, not prints.
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("mlruntime")]
+    assert any("connecting to Ray" in m for m in logged)
+    assert any("training on 2 workers" in m for m in logged)
+    assert any(m.endswith("loading data") for m in logged)
     assert {"connect", "place", "train", "loading data", "fitting", "total"} <= set(result.timings)
+
+
+def test_quiet_shows_no_bar_and_no_summary(
+    ray_cluster: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLRUNTIME_QUIET", "1")
+    result = Distributor(TWO, verbose=True).run(report_steps, artifact_location=tmp_path)
+    assert result.get_metrics()["step"] == 2
+    captured = capsys.readouterr()
+    assert "finished in" not in captured.out and "loss=" not in captured.err
+    monkeypatch.delenv("MLRUNTIME_QUIET")
+    Distributor(TWO, verbose=False).run(report_steps, artifact_location=tmp_path / "b")
+    captured = capsys.readouterr()
+    assert "finished in" not in captured.out and "loss=" not in captured.err
 
 
 def two_ranks_fail() -> None:
@@ -139,7 +169,7 @@ def two_ranks_fail() -> None:
 
 def test_errors_from_every_failed_rank_are_reported(ray_cluster: None, tmp_path: Path) -> None:
     with pytest.raises(WorkerError) as info:
-        quiet().launch(two_ranks_fail, artifact_location=tmp_path)
+        quiet().run(two_ranks_fail, artifact_location=tmp_path)
     err = info.value
     assert [f.rank for f in err.failures] == [0, 1]
     assert all(f.error_type == "ValueError" for f in err.failures)
@@ -158,10 +188,10 @@ def one_fails_one_hangs() -> None:
 
 def test_a_hanging_rank_is_torn_down_when_another_fails(ray_cluster: None, tmp_path: Path) -> None:
     with pytest.raises(WorkerError, match="1 of 2 rank") as info:
-        quiet().launch(one_fails_one_hangs, artifact_location=tmp_path)
+        quiet().run(one_fails_one_hangs, artifact_location=tmp_path)
     assert [f.rank for f in info.value.failures] == [0]
     # The group is gone and the next job gets fresh workers.
-    assert quiet().launch(describe_rank, artifact_location=tmp_path).return_values[1]["rank"] == 1
+    assert quiet().run(describe_rank, artifact_location=tmp_path).return_values[1]["rank"] == 1
 
 
 def die_once_then_resume() -> dict[str, object]:
@@ -180,7 +210,7 @@ def test_killed_worker_restarts_the_group_from_the_last_checkpoint(
     ray_cluster: None, tmp_path: Path
 ) -> None:
     d = quiet(failure_config=FailureConfig(max_failures=2))
-    result = d.launch(die_once_then_resume, artifact_location=tmp_path)
+    result = d.run(die_once_then_resume, artifact_location=tmp_path)
     assert result.return_values[0] == {"started_at": 3, "attempt": 1}
     assert [m["step"] for m in result.get_metrics_history()] == [3, 4, 5]
     assert len(result.attempts) == 1
@@ -192,14 +222,14 @@ def test_without_restarts_a_killed_worker_fails_with_the_history(
     ray_cluster: None, tmp_path: Path
 ) -> None:
     with pytest.raises(WorkerError, match="rank 0: process died") as info:
-        quiet().launch(die_once_then_resume, artifact_location=tmp_path)
+        quiet().run(die_once_then_resume, artifact_location=tmp_path)
     assert len(info.value.attempts) == 1
 
 
 def test_a_warm_group_is_reused_by_the_next_job(ray_cluster: None, tmp_path: Path) -> None:
     d = quiet()
-    first = d.launch(os.getpid, artifact_location=tmp_path).return_values
-    second = d.launch(os.getpid, artifact_location=tmp_path).return_values
+    first = d.run(os.getpid, artifact_location=tmp_path).return_values
+    second = d.run(os.getpid, artifact_location=tmp_path).return_values
     assert first == second  # same worker processes
 
 
@@ -222,7 +252,7 @@ def read_backend_env() -> tuple[str | None, str | None, str | None]:
 
 
 def test_backend_sets_env_and_runs_setup(ray_cluster: None, tmp_path: Path) -> None:
-    result = RecordingDistributor(TWO, verbose=False).launch(
+    result = RecordingDistributor(TWO, verbose=False).run(
         read_backend_env, artifact_location=tmp_path
     )
     (r0, m0, s0), (r1, m1, _) = result.return_values
@@ -235,11 +265,11 @@ def test_bad_input_fails_before_any_worker_starts(tmp_path: Path) -> None:
 
     lock = threading.Lock()
     with pytest.raises(ConfigError, match="train_func must be callable"):
-        quiet().launch(42, artifact_location=tmp_path)  # type: ignore[arg-type]
+        quiet().run(42, artifact_location=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not picklable"):
-        quiet().launch(lambda: lock.acquire(), artifact_location=tmp_path)
+        quiet().run(lambda: lock.acquire(), artifact_location=tmp_path)
     with pytest.raises(ConfigError, match=r"dataset_map\['train'\] is a list"):
-        quiet().launch(describe_rank, dataset_map={"train": [1, 2]}, artifact_location=tmp_path)
+        quiet().run(describe_rank, dataset_map={"train": [1, 2]}, artifact_location=tmp_path)
     with pytest.raises(ConfigError, match="scaling_config must be a ScalingConfig"):
         Distributor({"num_workers": 2})  # type: ignore[arg-type]
 
@@ -254,7 +284,7 @@ def test_warm_workers_never_starve_ray_data(
     every_cpu = ScalingConfig(
         num_workers=cpus, resources_per_worker=WorkerResourceConfig(num_cpus=1)
     )
-    Distributor(every_cpu, verbose=False).launch(os.getpid, artifact_location=tmp_path)
+    Distributor(every_cpu, verbose=False).run(os.getpid, artifact_location=tmp_path)
     ds = DataConnector.from_sources(parquet_dir).to_ray_dataset()  # needs CPUs for its reads
     assert ds.count() == 300
 
@@ -262,10 +292,10 @@ def test_warm_workers_never_starve_ray_data(
 def test_idle_groups_are_released_after_keep_warm(ray_cluster: None, tmp_path: Path) -> None:
     import ray
 
-    from mlruntime import distributor
+    from mlruntime.runtime import distributor
 
     cpus = ray.cluster_resources()["CPU"]
-    quiet().launch(os.getpid, artifact_location=tmp_path)
+    quiet().run(os.getpid, artifact_location=tmp_path)
     distributor.release_idle_groups(older_than=3600)  # not idle that long: kept
     assert distributor._idle
     distributor.release_idle_groups(older_than=0)
@@ -286,7 +316,7 @@ def print_lines() -> int:
 def test_worker_output_is_prefixed_by_rank(ray_cluster: None, tmp_path: Path) -> None:
     import ray
 
-    pids = quiet().launch(print_lines, artifact_location=tmp_path).return_values
+    pids = quiet().run(print_lines, artifact_location=tmp_path).return_values
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     for rank, pid in enumerate(pids):
         (log,) = logs.glob(f"worker-*-{pid}.out")  # what Ray forwards to the driver

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import mlruntime
-from mlruntime.context import get_context
-from mlruntime.distributor import Distributor
 from mlruntime.errors import ResourceError
-from mlruntime.scaling import ScalingConfig
+from mlruntime.runtime.context import get_context
+from mlruntime.runtime.distributor import Distributor
+from mlruntime.runtime.scaling import ScalingConfig
 from mlruntime.testing import simulated_cluster
 
 
@@ -48,7 +48,7 @@ def test_nodes_are_listed_with_their_gpus(three_nodes: object) -> None:
 def test_auto_scaling_places_one_worker_per_gpu_with_ranks(
     three_nodes: object, tmp_path: Path
 ) -> None:
-    result = Distributor(verbose=False).launch(placement, artifact_location=tmp_path)
+    result = Distributor(verbose=False).run(placement, artifact_location=tmp_path)
     ranks = result.return_values
     assert [r["rank"] for r in ranks] == [0, 1, 2, 3]
     assert [r["node_rank"] for r in ranks] == [0, 0, 1, 1]  # contiguous ranks per node
@@ -70,7 +70,7 @@ def test_auto_scaling_places_one_worker_per_gpu_with_ranks(
 
 def test_cpu_only_auto_scaling_is_one_worker_per_node(three_nodes: object, tmp_path: Path) -> None:
     d = Distributor(ScalingConfig(use_gpu=False), verbose=False)
-    ranks = d.launch(placement, artifact_location=tmp_path).return_values
+    ranks = d.run(placement, artifact_location=tmp_path).return_values
     assert len(ranks) == 3
     assert len({r["node_id"] for r in ranks}) == 3  # spread: one per node
     assert {r["local_world"] for r in ranks} == {1}
@@ -80,7 +80,7 @@ def test_cpu_only_auto_scaling_is_one_worker_per_node(three_nodes: object, tmp_p
 def test_more_gpus_than_exist_fails_before_placing(three_nodes: object, tmp_path: Path) -> None:
     d = Distributor(ScalingConfig(num_workers=5, use_gpu=True), verbose=False)
     with pytest.raises(ResourceError, match=r"needs 5 GPUs, but the cluster has 3 node\(s\)"):
-        d.launch(placement, artifact_location=tmp_path)
+        d.run(placement, artifact_location=tmp_path)
 
 
 def test_init_connects_to_the_cluster_named_by_mlruntime_address(

@@ -12,11 +12,17 @@ from pathlib import Path
 import pytest
 
 from mlruntime.errors import PluginError, PluginNotFoundError, PluginWarning
-from mlruntime.hookspecs import AdapterSpec, CommandSpec, DistributorSpec, SourceSpec, hookimpl
-from mlruntime.plugins import ENTRY_POINT_GROUP, PluginRegistry
+from mlruntime.plugins.hookspecs import (
+    AdapterSpec,
+    CommandSpec,
+    DistributorSpec,
+    SourceSpec,
+    hookimpl,
+)
+from mlruntime.plugins.registry import ENTRY_POINT_GROUP, PluginRegistry
 
 GOOD_HOOKS = """
-from mlruntime.hookspecs import AdapterSpec, SourceSpec, hookimpl
+from mlruntime.plugins.hookspecs import AdapterSpec, SourceSpec, hookimpl
 
 MLRUNTIME_PLUGIN_API = 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mlruntime.errors import ConfigError, ResourceError
-from mlruntime.runtime import NodeInfo
-from mlruntime.scaling import (
+from mlruntime.runtime.cluster import NodeInfo
+from mlruntime.runtime.scaling import (
     FailureConfig,
     ScalingConfig,
     WorkerResourceConfig,

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlruntime import DataConnector, ShardedDataConnector
+from mlruntime.data.sources import ArrowSource
 from mlruntime.errors import ConfigError, NotInWorkerError
-from mlruntime.sources import ArrowSource
 from mlruntime.testing import sample_table
 
 
@@ -63,7 +63,7 @@ def test_shards_cover_every_row_once_balanced_and_deterministic(
 
 def test_equal_shards_say_how_many_rows_they_drop(caplog: pytest.LogCaptureFixture) -> None:
     dc = DataConnector.from_dataframe(sample_table(0, 10))
-    with caplog.at_level(logging.WARNING, logger="mlruntime.connector"):
+    with caplog.at_level(logging.WARNING, logger="mlruntime.data.connector"):
         shards = dc.shard(3, equal=True)
     assert [s.count_rows() for s in shards] == [3, 3, 3]
     assert "drops the last 1 of 10 rows" in caplog.text

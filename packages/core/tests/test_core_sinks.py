@@ -43,7 +43,7 @@ def test_failed_overwrite_keeps_the_previous_content(
     real_rename = os.rename
 
     def failing_rename(src: object, dst: object) -> None:
-        if str(dst) == str(target) and ".mlruntime-publish-" in str(src):
+        if str(dst) == str(target) and ".staging-publish-" in str(src):
             raise OSError("disk gone")
         real_rename(src, dst)  # type: ignore[arg-type]
 
@@ -53,6 +53,7 @@ def test_failed_overwrite_keeps_the_previous_content(
     monkeypatch.undo()
     assert folder_ids(target) == list(range(10))
     assert not tx.staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or old copy left
 
 
 def test_aborted_transaction_leaves_target_untouched(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlruntime import DataConnector, ParquetSource
+from mlruntime.data.sources import ArrowSource, CSVSource
 from mlruntime.errors import ConfigError, DataError, SourceError
-from mlruntime.sources import ArrowSource, CSVSource
 from mlruntime.testing import sample_table as make_table
 
 
@@ -213,8 +213,8 @@ def test_third_party_source_is_picked_by_scheme_and_suffix() -> None:
     import sys
     import types
 
-    from mlruntime.hookspecs import SourceSpec, hookimpl
-    from mlruntime.plugins import get_registry
+    from mlruntime.plugins.hookspecs import SourceSpec, hookimpl
+    from mlruntime.plugins.registry import get_registry
 
     module = types.ModuleType("fakeplug_source")
     module.MLRUNTIME_PLUGIN_API = 1  # type: ignore[attr-defined]

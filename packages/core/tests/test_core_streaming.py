@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlruntime import DataConnector
-from mlruntime.sources import Fragment, Source
+from mlruntime.data.sources import Fragment, Source
 
 ROWS_PER_FILE = 10_000_000
 FILES = 4  # 4 x 10M rows x 8 bytes = 320 MB of float32 data

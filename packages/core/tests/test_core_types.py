@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from mlruntime import DataConnector
-from mlruntime.convert import column_to_numpy
+from mlruntime.data.convert import column_to_numpy
 from mlruntime.errors import DataError
 
 

@@ -156,14 +156,31 @@ def test_bad_input_is_refused_before_workers_start(frame: pd.DataFrame) -> None:
         est.fit(frame.assign(y=[None] + [1.0] * (len(frame) - 1)), FEATURES, "y")
     with pytest.raises(ColumnError, match="eval_set: column 'y' is not in the data"):
         est.fit(frame, FEATURES, "y", eval_set=frame.drop(columns=["y"]))
-    with pytest.raises(ConfigError, match="invalid LightGBM parameters"):
-        LightGBMEstimator(objective="no_such_objective", verbose=False).fit(frame, FEATURES, "y")
 
 
 def test_lightgbm_errors_on_workers_are_surfaced(ray_cluster: None, frame: pd.DataFrame) -> None:
+    # No probe on the driver: LightGBM itself judges the parameters, on the workers, and its
+    # message comes back as a ConfigError (the WorkerError with every rank's error chained).
+    with pytest.raises(ConfigError, match=r"invalid LightGBM parameters.*no_such_objective") as err:
+        estimator(objective="no_such_objective").fit(frame, FEATURES, "y")
+    assert isinstance(err.value.__cause__, WorkerError)
     est = estimator(params={"objective": "multiclass", "num_class": 2})
-    with pytest.raises(WorkerError, match=r"rank 0: LightGBMError: Label must be in \[0, 2\)"):
+    with pytest.raises(ConfigError, match=r"Label must be in \[0, 2\)"):
         est.fit(frame.assign(y=(frame["y"] * 10).round()), FEATURES, "y")
+
+
+@pytest.mark.parametrize("monotone", [False, True])
+def test_gamma_objective_on_positive_labels_is_accepted(
+    ray_cluster: None, frame: pd.DataFrame, monotone: bool
+) -> None:
+    # A probe on 0/1 labels used to refuse this valid config before any worker started.
+    data = frame.assign(y=np.exp(frame["y"] / 4.0))  # strictly positive
+    params = {"monotone_constraints": [1, 1, 1, 0, -1]} if monotone else {}
+    est = estimator(objective="gamma", n_estimators=8, params=params)
+    booster = est.fit(data, FEATURES, "y")
+    assert "objective=gamma" in booster.model_to_string()
+    history = est.get_eval_results()["train"]["gamma"]
+    assert len(history) == 8 and history[-1] < history[0]
 
 
 def test_gpus_with_a_build_without_gpu_support_fail_clearly(frame: pd.DataFrame) -> None:

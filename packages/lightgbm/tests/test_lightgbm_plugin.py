@@ -11,5 +11,4 @@ class TestLightgbmPluginConformance(PluginConformance):
     expected = {
         "adapter": ["to_lightgbm_dataset"],
         "distributor": ["LightGBMEstimator", "LightGBMScalingConfig"],
-        "command": ["train lightgbm"],
     }

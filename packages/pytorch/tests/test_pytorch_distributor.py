@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from mlruntime import Checkpoint, DataConnector, Session, get_context
 from mlruntime.errors import ConfigError, ResourceError, WorkerError
-from mlruntime.runtime import NodeInfo
+from mlruntime.runtime.cluster import NodeInfo
 from mlruntime_pytorch import (
     FailureConfig,
     PyTorchDistributor,

@@ -15,7 +15,7 @@ import pytest
 import xgboost as xgb
 
 from mlruntime import DataConnector, FailureConfig, ParquetSink, Session, get_context
-from mlruntime.errors import ColumnError, ConfigError, DataError, WorkerError
+from mlruntime.errors import ColumnError, ConfigError, DataError
 from mlruntime_xgboost import XGBEstimator, XGBScalingConfig
 
 FEATURES = [f"f{i}" for i in range(5)]
@@ -185,7 +185,7 @@ def test_more_workers_than_rows_is_refused(ray_cluster: None, frame: pd.DataFram
 
 def test_xgboost_errors_on_workers_are_surfaced(ray_cluster: None, frame: pd.DataFrame) -> None:
     est = estimator(params={"objective": "binary:logistic"})
-    with pytest.raises(WorkerError, match=r"rank 0: XGBoostError.*for the logistic loss"):
+    with pytest.raises(ConfigError, match=r"invalid XGBoost parameters.*for the logistic loss"):
         est.fit(frame.assign(y=frame["y"] * 10), FEATURES, "y")
 
 
@@ -245,3 +245,48 @@ def test_cli_trains_from_a_table(ray_cluster: None, frame: pd.DataFrame, tmp_pat
     assert booster.num_boosted_rounds() == 4
     depths = [line.count("\t") for tree in booster.get_dump() for line in tree.splitlines()]
     assert max(depths) == 3  # --param max_depth=3 reached XGBoost (the default is 6)
+
+
+@pytest.mark.parametrize("monotone", [False, True])
+def test_gamma_objective_on_positive_labels_is_accepted(
+    ray_cluster: None, frame: pd.DataFrame, monotone: bool
+) -> None:
+    # A probe on 0/1 labels used to refuse this valid config before any worker started.
+    data = frame.assign(y=np.exp(frame["y"] / 4.0))  # strictly positive
+    params = {"monotone_constraints": "(1,1,1,0,-1)"} if monotone else {}
+    est = estimator(objective="reg:gamma", n_estimators=8, params=params)
+    booster = est.fit(data, FEATURES, "y")
+    assert json.loads(booster.save_config())["learner"]["objective"]["name"] == "reg:gamma"
+    history = est.get_eval_results()["train"]["gamma-deviance"]
+    assert len(history) == 8 and history[-1] < history[0]
+
+
+def test_parameters_xgboost_rejects_come_back_from_rank_0_as_config_error(
+    ray_cluster: None, frame: pd.DataFrame
+) -> None:
+    with pytest.raises(ConfigError, match=r"invalid XGBoost parameters.*max_depth"):
+        estimator(params={"max_depth": -3}).fit(frame, FEATURES, "y")
+
+
+def test_cli_predicts_from_a_saved_model_into_parquet_and_a_table(
+    ray_cluster: None, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    from mlruntime.cli import main
+
+    est = estimator(n_estimators=5)
+    est.fit(frame, FEATURES, "y")
+    model = tmp_path / "model.ubj"
+    est.save_model(model)
+    data = tmp_path / "data.parquet"
+    frame.to_parquet(data)
+    common = ["--model", str(model), "--data", str(data), "--workers", "2"]
+    common += ["--cpus-per-worker", "1", "--key", "key", "--quiet"]
+    assert main(["predict", "xgboost", *common, "--output", str(tmp_path / "scored")]) == 0
+    scored = pq.read_table(tmp_path / "scored").to_pandas().sort_values("key")
+    np.testing.assert_allclose(scored["prediction"], est.predict(frame), rtol=1e-6)
+    db = tmp_path / "w.duckdb"
+    args = [*common, "--table", "scored", "--database", str(db)]
+    assert main(["predict", "xgboost", *args]) == 0
+    with Session(db) as session:
+        assert session.sql("SELECT count(*) FROM scored").fetchall()[0][0] == len(frame)
+    assert main(["predict", "xgboost", *args]) == 2  # exists, mode=error: a clear error

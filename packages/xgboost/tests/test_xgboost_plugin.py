@@ -11,5 +11,4 @@ class TestXgboostPluginConformance(PluginConformance):
     expected = {
         "adapter": ["to_xgboost_dmatrix"],
         "distributor": ["XGBEstimator", "XGBScalingConfig"],
-        "command": ["train xgboost"],
     }

@@ -1,3 +1,3 @@
 """The version of the ``mlruntime`` distribution (read by hatchling; the one place it is kept)."""
 
-__version__ = "0.1.2"
+__version__ = "0.2.0"

@@ -2,6 +2,11 @@
 
 ``import mlruntime`` is cheap: it imports no framework and not Ray. Public names are resolved on
 first access (PEP 562), so ``mlruntime.DataConnector`` imports only the data layer.
+
+The layers, each importing only those before it: ``data`` (sources, DataConnector) ->
+``store`` (warehouse, datasets, sinks) -> ``runtime`` (cluster, scaling, workers, distributor)
+-> ``train`` (what trainers share); ``plugins`` (registry, conformance kit) and ``cli`` on the
+side. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -10,80 +15,81 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mlruntime.__about__ import __version__
+from mlruntime.store import catalog as _catalog  # noqa: F401  (installs the store for the data layer)
 
 if TYPE_CHECKING:
-    from mlruntime.connector import DataConnector as DataConnector
-    from mlruntime.connector import ShardedDataConnector as ShardedDataConnector
-    from mlruntime.context import Checkpoint as Checkpoint
-    from mlruntime.context import Context as Context
-    from mlruntime.context import get_context as get_context
-    from mlruntime.dataset import Dataset as Dataset
-    from mlruntime.dataset import create_from_dataframe as create_from_dataframe
-    from mlruntime.dataset import delete_version as delete_version
-    from mlruntime.dataset import list_datasets as list_datasets
-    from mlruntime.dataset import list_versions as list_versions
-    from mlruntime.dataset import load_dataset as load_dataset
-    from mlruntime.distributor import Backend as Backend
-    from mlruntime.distributor import Distributor as Distributor
-    from mlruntime.distributor import Result as Result
-    from mlruntime.hookspecs import hookimpl as hookimpl
-    from mlruntime.plugins import list_plugins as list_plugins
-    from mlruntime.runtime import cluster_resources as cluster_resources
-    from mlruntime.runtime import get_nodes as get_nodes
-    from mlruntime.runtime import init as init
-    from mlruntime.runtime import is_initialized as is_initialized
-    from mlruntime.runtime import shutdown as shutdown
-    from mlruntime.scaling import FailureConfig as FailureConfig
-    from mlruntime.scaling import NodeScalingConfig as NodeScalingConfig
-    from mlruntime.scaling import ScalingConfig as ScalingConfig
-    from mlruntime.scaling import WorkerResourceConfig as WorkerResourceConfig
-    from mlruntime.session import Session as Session
-    from mlruntime.session import get_active_session as get_active_session
-    from mlruntime.sinks import DatasetSink as DatasetSink
-    from mlruntime.sinks import DuckDBTableSink as DuckDBTableSink
-    from mlruntime.sinks import ParquetSink as ParquetSink
-    from mlruntime.sources import ArrowSource as ArrowSource
-    from mlruntime.sources import CSVSource as CSVSource
-    from mlruntime.sources import ParquetSource as ParquetSource
-    from mlruntime.train_func import TrainFuncDistributor as TrainFuncDistributor
-    from mlruntime.workers import WorkerGroup as WorkerGroup
+    from mlruntime.data.connector import DataConnector as DataConnector
+    from mlruntime.data.connector import ShardedDataConnector as ShardedDataConnector
+    from mlruntime.data.sources import ArrowSource as ArrowSource
+    from mlruntime.data.sources import CSVSource as CSVSource
+    from mlruntime.data.sources import ParquetSource as ParquetSource
+    from mlruntime.plugins.hookspecs import hookimpl as hookimpl
+    from mlruntime.plugins.registry import list_plugins as list_plugins
+    from mlruntime.runtime.cluster import cluster_resources as cluster_resources
+    from mlruntime.runtime.cluster import get_nodes as get_nodes
+    from mlruntime.runtime.cluster import init as init
+    from mlruntime.runtime.cluster import is_initialized as is_initialized
+    from mlruntime.runtime.cluster import shutdown as shutdown
+    from mlruntime.runtime.context import Checkpoint as Checkpoint
+    from mlruntime.runtime.context import Context as Context
+    from mlruntime.runtime.context import get_context as get_context
+    from mlruntime.runtime.distributor import Backend as Backend
+    from mlruntime.runtime.distributor import Distributor as Distributor
+    from mlruntime.runtime.distributor import Result as Result
+    from mlruntime.runtime.scaling import FailureConfig as FailureConfig
+    from mlruntime.runtime.scaling import NodeScalingConfig as NodeScalingConfig
+    from mlruntime.runtime.scaling import ScalingConfig as ScalingConfig
+    from mlruntime.runtime.scaling import WorkerResourceConfig as WorkerResourceConfig
+    from mlruntime.runtime.workers import WorkerGroup as WorkerGroup
+    from mlruntime.store.datasets import Dataset as Dataset
+    from mlruntime.store.datasets import create_from_dataframe as create_from_dataframe
+    from mlruntime.store.datasets import delete_version as delete_version
+    from mlruntime.store.datasets import list_datasets as list_datasets
+    from mlruntime.store.datasets import list_versions as list_versions
+    from mlruntime.store.datasets import load_dataset as load_dataset
+    from mlruntime.store.session import Session as Session
+    from mlruntime.store.session import get_active_session as get_active_session
+    from mlruntime.store.sinks import DatasetSink as DatasetSink
+    from mlruntime.store.sinks import DuckDBTableSink as DuckDBTableSink
+    from mlruntime.store.sinks import ParquetSink as ParquetSink
+    from mlruntime.train.train_func import TrainFuncDistributor as TrainFuncDistributor
 
 _LAZY: dict[str, str] = {
-    "DataConnector": "mlruntime.connector",
-    "ShardedDataConnector": "mlruntime.connector",
-    "Checkpoint": "mlruntime.context",
-    "Context": "mlruntime.context",
-    "get_context": "mlruntime.context",
-    "Backend": "mlruntime.distributor",
-    "Distributor": "mlruntime.distributor",
-    "Result": "mlruntime.distributor",
-    "FailureConfig": "mlruntime.scaling",
-    "NodeScalingConfig": "mlruntime.scaling",
-    "TrainFuncDistributor": "mlruntime.train_func",
-    "ScalingConfig": "mlruntime.scaling",
-    "WorkerResourceConfig": "mlruntime.scaling",
-    "WorkerGroup": "mlruntime.workers",
-    "Dataset": "mlruntime.dataset",
-    "create_from_dataframe": "mlruntime.dataset",
-    "delete_version": "mlruntime.dataset",
-    "list_datasets": "mlruntime.dataset",
-    "list_versions": "mlruntime.dataset",
-    "load_dataset": "mlruntime.dataset",
-    "Session": "mlruntime.session",
-    "get_active_session": "mlruntime.session",
-    "DatasetSink": "mlruntime.sinks",
-    "DuckDBTableSink": "mlruntime.sinks",
-    "ParquetSink": "mlruntime.sinks",
-    "ArrowSource": "mlruntime.sources",
-    "CSVSource": "mlruntime.sources",
-    "ParquetSource": "mlruntime.sources",
-    "hookimpl": "mlruntime.hookspecs",
-    "list_plugins": "mlruntime.plugins",
-    "init": "mlruntime.runtime",
-    "shutdown": "mlruntime.runtime",
-    "is_initialized": "mlruntime.runtime",
-    "get_nodes": "mlruntime.runtime",
-    "cluster_resources": "mlruntime.runtime",
+    "DataConnector": "mlruntime.data.connector",
+    "ShardedDataConnector": "mlruntime.data.connector",
+    "Checkpoint": "mlruntime.runtime.context",
+    "Context": "mlruntime.runtime.context",
+    "get_context": "mlruntime.runtime.context",
+    "Backend": "mlruntime.runtime.distributor",
+    "Distributor": "mlruntime.runtime.distributor",
+    "Result": "mlruntime.runtime.distributor",
+    "FailureConfig": "mlruntime.runtime.scaling",
+    "NodeScalingConfig": "mlruntime.runtime.scaling",
+    "TrainFuncDistributor": "mlruntime.train.train_func",
+    "ScalingConfig": "mlruntime.runtime.scaling",
+    "WorkerResourceConfig": "mlruntime.runtime.scaling",
+    "WorkerGroup": "mlruntime.runtime.workers",
+    "Dataset": "mlruntime.store.datasets",
+    "create_from_dataframe": "mlruntime.store.datasets",
+    "delete_version": "mlruntime.store.datasets",
+    "list_datasets": "mlruntime.store.datasets",
+    "list_versions": "mlruntime.store.datasets",
+    "load_dataset": "mlruntime.store.datasets",
+    "Session": "mlruntime.store.session",
+    "get_active_session": "mlruntime.store.session",
+    "DatasetSink": "mlruntime.store.sinks",
+    "DuckDBTableSink": "mlruntime.store.sinks",
+    "ParquetSink": "mlruntime.store.sinks",
+    "ArrowSource": "mlruntime.data.sources",
+    "CSVSource": "mlruntime.data.sources",
+    "ParquetSource": "mlruntime.data.sources",
+    "hookimpl": "mlruntime.plugins.hookspecs",
+    "list_plugins": "mlruntime.plugins.registry",
+    "init": "mlruntime.runtime.cluster",
+    "shutdown": "mlruntime.runtime.cluster",
+    "is_initialized": "mlruntime.runtime.cluster",
+    "get_nodes": "mlruntime.runtime.cluster",
+    "cluster_resources": "mlruntime.runtime.cluster",
 }
 
 __all__ = ["__version__", *_LAZY]

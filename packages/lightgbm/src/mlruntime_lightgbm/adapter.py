@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pyarrow as pa
 
-from mlruntime.connector import DataConnector
-from mlruntime.training import check_training_columns, is_categorical
-from mlruntime_lightgbm.estimator import _categories, shard_matrix
+from mlruntime.data.connector import DataConnector
+from mlruntime.train.features import check_training_columns, is_categorical, table_to_matrix
 
-__all__ = ["to_lightgbm_dataset"]
+__all__ = ["categories_of", "shard_matrix", "to_lightgbm_dataset"]
 
 
 def to_lightgbm_dataset(
@@ -47,7 +47,7 @@ def to_lightgbm_dataset(
     )
     schema = connector.schema
     categories: dict[str, pa.Array] = {
-        f: _categories(connector, f) for f in features if is_categorical(schema.field(f).type)
+        f: categories_of(connector, f) for f in features if is_categorical(schema.field(f).type)
     }
     x, y, w = shard_matrix(connector, features, label_col, weight_col, categories)
     cat_idx = [i for i, f in enumerate(features) if f in categories]
@@ -61,3 +61,40 @@ def to_lightgbm_dataset(
         params=params,
         free_raw_data=True,
     )
+
+
+def shard_matrix(
+    connector: DataConnector,
+    features: Sequence[str],
+    label_col: str | None,
+    weight_col: str | None = None,
+    categories: dict[str, pa.Array] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Read ``connector`` into one float32 matrix (preallocated, filled table by table), and
+    the label and weight vectors. Categorical columns become codes of ``categories``."""
+    n = connector.count_rows()
+    x = np.empty((n, len(features)), dtype=np.float32)
+    y = np.empty(n, dtype=np.float32) if label_col else None
+    w = np.empty(n, dtype=np.float32) if weight_col else None
+    extra = [c for c in (label_col, weight_col) if c]
+    pos = 0
+    for table in connector.iter_tables(columns=list(dict.fromkeys([*features, *extra]))):
+        rows = table.num_rows
+        x[pos : pos + rows] = table_to_matrix(table, features, categories=categories)
+        if y is not None:
+            y[pos : pos + rows] = table_to_matrix(table, [label_col])[:, 0]  # type: ignore[list-item]
+        if w is not None:
+            w[pos : pos + rows] = table_to_matrix(table, [weight_col])[:, 0]  # type: ignore[list-item]
+        pos += rows
+    return x, y, w
+
+
+def categories_of(connector: DataConnector, column: str) -> pa.Array:
+    """The sorted distinct non-null values of a string/dictionary column: its categories."""
+    import pyarrow.compute as pc
+
+    values = connector.select([column]).to_arrow().column(0)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    unique = pc.unique(values.combine_chunks()).drop_null()
+    return unique.take(pc.array_sort_indices(unique))

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from mlruntime_pytorch.__about__ import __version__
 
 if TYPE_CHECKING:
-    from mlruntime.context import get_context as get_context
-    from mlruntime.scaling import FailureConfig as FailureConfig
-    from mlruntime.scaling import WorkerResourceConfig as WorkerResourceConfig
+    from mlruntime.runtime.context import get_context as get_context
+    from mlruntime.runtime.scaling import FailureConfig as FailureConfig
+    from mlruntime.runtime.scaling import WorkerResourceConfig as WorkerResourceConfig
     from mlruntime_pytorch.dataset import TorchDataset as TorchDataset
     from mlruntime_pytorch.dataset import to_torch_dataset as to_torch_dataset
     from mlruntime_pytorch.distributor import PyTorchDistributor as PyTorchDistributor
@@ -27,9 +27,9 @@ _LAZY = {
     "TorchDataset": "mlruntime_pytorch.dataset",
     "to_torch_dataset": "mlruntime_pytorch.dataset",
     "batch_inference": "mlruntime_pytorch.inference",
-    "WorkerResourceConfig": "mlruntime.scaling",
-    "FailureConfig": "mlruntime.scaling",
-    "get_context": "mlruntime.context",
+    "WorkerResourceConfig": "mlruntime.runtime.scaling",
+    "FailureConfig": "mlruntime.runtime.scaling",
+    "get_context": "mlruntime.runtime.context",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mlruntime.batching import check_batch_size
-from mlruntime.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
+from mlruntime.data.batching import check_batch_size
+from mlruntime.data.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
 from mlruntime.errors import ConfigError
 
 __all__ = ["TorchDataset", "to_tensor", "to_tensors", "to_torch_dataset"]

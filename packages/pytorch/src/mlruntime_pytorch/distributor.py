@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from mlruntime.context import Context, RankInfo
-from mlruntime.distributor import Backend
-from mlruntime.scaling import NodeScalingConfig, WorkerResourceConfig
-from mlruntime.train_func import TrainFuncDistributor
+from mlruntime.runtime.context import Context, RankInfo
+from mlruntime.runtime.distributor import Backend
+from mlruntime.runtime.scaling import NodeScalingConfig, WorkerResourceConfig
+from mlruntime.train.train_func import TrainFuncDistributor
 
 __all__ = ["PyTorchDistributor", "PyTorchScalingConfig", "TorchBackend", "WorkerResourceConfig"]
 

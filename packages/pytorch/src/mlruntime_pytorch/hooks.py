@@ -5,7 +5,7 @@ It returns spec records naming lazy targets; the framework is imported by those,
 
 from __future__ import annotations
 
-from mlruntime.hookspecs import AdapterSpec, DistributorSpec, hookimpl
+from mlruntime.plugins.hookspecs import AdapterSpec, DistributorSpec, hookimpl
 
 MLRUNTIME_PLUGIN_API = 1
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mlruntime.errors import ConfigError
-from mlruntime.training import BatchPredictor, predict_on_workers
+from mlruntime.train.inference import BatchPredictor, predict_on_workers
 from mlruntime_pytorch.distributor import PyTorchScalingConfig
 
 __all__ = ["batch_inference"]

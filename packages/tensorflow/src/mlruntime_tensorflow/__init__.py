@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from mlruntime_tensorflow.__about__ import __version__
 
 if TYPE_CHECKING:
-    from mlruntime.context import get_context as get_context
-    from mlruntime.scaling import FailureConfig as FailureConfig
-    from mlruntime.scaling import WorkerResourceConfig as WorkerResourceConfig
+    from mlruntime.runtime.context import get_context as get_context
+    from mlruntime.runtime.scaling import FailureConfig as FailureConfig
+    from mlruntime.runtime.scaling import WorkerResourceConfig as WorkerResourceConfig
     from mlruntime_tensorflow.dataset import to_tf_dataset as to_tf_dataset
     from mlruntime_tensorflow.distributor import TensorFlowDistributor as TensorFlowDistributor
     from mlruntime_tensorflow.distributor import TFScalingConfig as TFScalingConfig
@@ -25,9 +25,9 @@ _LAZY = {
     "TFScalingConfig": "mlruntime_tensorflow.distributor",
     "to_tf_dataset": "mlruntime_tensorflow.dataset",
     "batch_inference": "mlruntime_tensorflow.inference",
-    "WorkerResourceConfig": "mlruntime.scaling",
-    "FailureConfig": "mlruntime.scaling",
-    "get_context": "mlruntime.context",
+    "WorkerResourceConfig": "mlruntime.runtime.scaling",
+    "FailureConfig": "mlruntime.runtime.scaling",
+    "get_context": "mlruntime.runtime.context",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 
-from mlruntime.batching import check_batch_size
-from mlruntime.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
+from mlruntime.data.batching import check_batch_size
+from mlruntime.data.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
 from mlruntime.errors import ColumnError, ConfigError, DataError
 
 __all__ = ["tensor_spec", "to_tf_dataset"]
@@ -201,7 +201,7 @@ def to_tf_dataset(
 
 
 def _in_distributed_job() -> bool:
-    from mlruntime.context import _current_context
+    from mlruntime.runtime.context import _current_context
 
     return _current_context() is not None
 

@@ -11,11 +11,11 @@ import json
 import os
 from typing import Any
 
-from mlruntime.context import Context, RankInfo
-from mlruntime.distributor import Backend
-from mlruntime.scaling import NodeScalingConfig, WorkerResourceConfig
-from mlruntime.train_func import TrainFuncDistributor
-from mlruntime.workers import WorkerGroup
+from mlruntime.runtime.context import Context, RankInfo
+from mlruntime.runtime.distributor import Backend
+from mlruntime.runtime.scaling import NodeScalingConfig, WorkerResourceConfig
+from mlruntime.runtime.workers import WorkerGroup
+from mlruntime.train.train_func import TrainFuncDistributor
 
 __all__ = ["TFScalingConfig", "TensorFlowBackend", "TensorFlowDistributor", "WorkerResourceConfig"]
 

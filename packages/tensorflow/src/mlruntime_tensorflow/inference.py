@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlruntime.errors import ConfigError
-from mlruntime.training import BatchPredictor, predict_on_workers
+from mlruntime.train.inference import BatchPredictor, predict_on_workers
 from mlruntime_tensorflow.distributor import TFScalingConfig
 
 __all__ = ["KerasPredictor", "batch_inference"]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import xgboost
 
-from mlruntime.connector import DataConnector
-from mlruntime.training import check_training_columns, feature_batches
+from mlruntime.data.connector import DataConnector
+from mlruntime.train.features import check_training_columns, feature_batches
 
 __all__ = ["ConnectorIter", "build_dmatrix", "to_xgboost_dmatrix"]
 

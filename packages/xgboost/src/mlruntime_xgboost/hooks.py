@@ -5,7 +5,7 @@ It returns spec records naming lazy targets; the framework is imported by those,
 
 from __future__ import annotations
 
-from mlruntime.hookspecs import AdapterSpec, CommandSpec, DistributorSpec, hookimpl
+from mlruntime.plugins.hookspecs import AdapterSpec, DistributorSpec, hookimpl
 
 MLRUNTIME_PLUGIN_API = 1
 
@@ -44,18 +44,4 @@ def mlruntime_register_distributors() -> list[DistributorSpec]:
             framework="xgboost",
             role="config",
         ),
-    ]
-
-
-@hookimpl
-def mlruntime_register_commands() -> list[CommandSpec]:
-    """``mlruntime train xgboost ...``."""
-    return [
-        CommandSpec(
-            "xgboost",
-            "mlruntime_xgboost.cli:main",
-            requires=_REQUIRES,
-            group="train",
-            description="train an XGBoost model on a table or files",
-        )
     ]

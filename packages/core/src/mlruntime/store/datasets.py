@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlruntime.__about__ import __version__
+from mlruntime.data.sources import ParquetSource
 from mlruntime.errors import ConfigError, DataError, DatasetExistsError, DatasetNotFoundError
-from mlruntime.session import mlruntime_home
-from mlruntime.sources import ParquetSource
+from mlruntime.store.publish import fsync_dir, new_staging, publish_dir
+from mlruntime.store.storage import mlruntime_home
 
 __all__ = [
     "Dataset",
@@ -130,14 +131,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class VersionWriter:
     """Stages one version's Parquet parts; :meth:`commit` publishes it with one rename."""
 
@@ -153,8 +146,7 @@ class VersionWriter:
                 "create a new version"
             )
         _remove_stale_staging(self.parent)
-        self.staging = self.parent / f".staging-{version}-{uuid.uuid4().hex}"
-        self.staging.mkdir()
+        self.staging = new_staging(self.parent, version)
         self.schema: pa.Schema | None = None
 
     def write_part(self, table: pa.Table, part: int) -> None:
@@ -205,15 +197,13 @@ class VersionWriter:
             json.dump(manifest, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(self.staging)
+        fsync_dir(self.staging)
         try:
-            os.rename(self.staging, self.final)  # atomic; fails if the version appeared meanwhile
-        except OSError as exc:
-            self.abort()
+            publish_dir(self.staging, self.final, replace=False)
+        except FileExistsError as exc:
             raise DatasetExistsError(
                 f"dataset {self.name!r} version {self.version!r} was created by another writer"
             ) from exc
-        _fsync_dir(self.parent)
         return Dataset(self.name, self.version, self.final, manifest)
 
     def abort(self) -> None:
@@ -249,7 +239,7 @@ def create_from_dataframe(
         ConfigError: For an invalid name or version.
         DatasetExistsError: If the version exists (or another writer created it first).
     """
-    from mlruntime.connector import DataConnector
+    from mlruntime.data.connector import DataConnector
 
     writer = VersionWriter(name, version)
     try:

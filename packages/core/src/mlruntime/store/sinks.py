@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlruntime.errors import ConfigError, DatasetExistsError, SourceError
-from mlruntime.session import WRITE_MODES, Session, mlruntime_home, quote_identifier
+from mlruntime.store.publish import new_staging, publish_dir
+from mlruntime.store.session import Session, quote_identifier
+from mlruntime.store.storage import WRITE_MODES, mlruntime_home
 
 __all__ = ["DatasetSink", "DuckDBTableSink", "ParquetSink", "Sink", "SinkTransaction"]
 
@@ -66,7 +68,7 @@ def _as_table(data: Any) -> pa.Table:
         return pa.Table.from_batches([data])
     if isinstance(data, dict):
         return pa.table(data)
-    from mlruntime.connector import DataConnector
+    from mlruntime.data.connector import DataConnector
 
     return DataConnector.from_dataframe(data).to_arrow()
 
@@ -168,23 +170,10 @@ class ParquetSink(Sink):
                     target.unlink(missing_ok=True)
                 raise
             return self.path
-        publish = tx.staging.with_name(f".mlruntime-publish-{tx.txid}")
-        publish.mkdir()
+        staged = new_staging(self.path.parent, "publish")
         for part in parts:
-            os.rename(part, publish / part.name)
-        if not self.path.exists():
-            os.rename(publish, self.path)
-            return self.path
-        trash = self.path.with_name(f".{self.path.name}.old-{tx.txid}")
-        os.rename(self.path, trash)
-        try:
-            os.rename(publish, self.path)
-        except OSError:
-            os.rename(trash, self.path)
-            shutil.rmtree(publish, ignore_errors=True)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return self.path
+            os.rename(part, staged / part.name)
+        return publish_dir(staged, self.path, replace=True)
 
 
 class DuckDBTableSink(Sink):
@@ -206,7 +195,7 @@ class DuckDBTableSink(Sink):
     def session(self) -> Session:
         """The session written to."""
         if self._session is None:
-            from mlruntime.session import get_active_session
+            from mlruntime.store.session import get_active_session
 
             self._session = get_active_session()
         return self._session
@@ -250,7 +239,7 @@ class DatasetSink(Sink):
                 f"dataset versions are immutable: mode {mode!r} is not allowed; write a new "
                 "version instead"
             )
-        from mlruntime.dataset import validate_name
+        from mlruntime.store.datasets import validate_name
 
         self.name = validate_name(name, "dataset name")
         self.version = validate_name(version, "dataset version")
@@ -259,7 +248,7 @@ class DatasetSink(Sink):
         return f"DatasetSink({self.name!r}, {self.version!r})"
 
     def _check(self) -> None:
-        from mlruntime.dataset import datasets_root
+        from mlruntime.store.datasets import datasets_root
 
         if (datasets_root() / self.name / self.version).exists():
             raise DatasetExistsError(
@@ -267,7 +256,7 @@ class DatasetSink(Sink):
             )
 
     def _commit(self, tx: SinkTransaction) -> Any:
-        from mlruntime.dataset import VersionWriter
+        from mlruntime.store.datasets import VersionWriter
 
         writer = VersionWriter(self.name, self.version)
         try:

@@ -1,16 +1,14 @@
-"""Turns what users hand over (frames, relations, paths, Ray Datasets) into Sources."""
+"""Turns what users hand over (frames, relations, paths, plugin objects) into Sources."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from mlruntime.errors import ConfigError, SourceError
-from mlruntime.sources import (
+from mlruntime.data.sources import (
     ArrowSource,
     CSVSource,
     Fragment,
@@ -18,8 +16,9 @@ from mlruntime.sources import (
     Source,
     resolve_filesystem,
 )
+from mlruntime.errors import ConfigError, SourceError
 
-__all__ = ["DuckDBSource", "RayDatasetSource", "source_from_object", "source_from_path"]
+__all__ = ["DuckDBSource", "source_from_object", "source_from_path"]
 
 
 class DuckDBSource(Source):
@@ -77,88 +76,6 @@ def _relation_label(relation: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class RayBlockFragment(Fragment):
-    """One block of a Ray Dataset, read with ``ray.get`` wherever the fragment runs."""
-
-    def __init__(self, ref: Any, num_rows: int | None) -> None:
-        self.ref = ref
-        self.num_rows = num_rows
-
-    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
-        import ray
-
-        table = ray.get(self.ref)
-        if not isinstance(table, pa.Table):
-            table = pa.Table.from_pandas(table, preserve_index=False)
-        return table if columns is None else table.select(list(columns))
-
-    def describe(self) -> str:
-        return f"ray block[{self.num_rows} rows]"
-
-
-class RayDatasetSource(Source):
-    """A Ray Dataset; its blocks stay in the object store and become fragments."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-        self._fragments: list[Fragment] | None = None
-        self._schema: pa.Schema | None = None
-
-    def fragments(self) -> list[Fragment]:
-        if self._fragments is None:
-            import sys
-
-            import ray
-
-            if "mlruntime.distributor" in sys.modules:  # Ray Data needs the CPUs they hold
-                sys.modules["mlruntime.distributor"].release_idle_groups()
-            refs = self.dataset.to_arrow_refs()
-            counts = ray.get([_count_rows.remote(ref) for ref in refs]) if refs else []
-            self._fragments = [
-                RayBlockFragment(ref, n) for ref, n in zip(refs, counts, strict=True) if n
-            ]
-        return self._fragments
-
-    @property
-    def schema(self) -> pa.Schema:
-        if self._schema is None:
-            schema = self.dataset.schema()
-            base = getattr(schema, "base_schema", None)
-            if isinstance(base, pa.Schema):
-                self._schema = base
-            else:
-                frags = self.fragments()
-                if not frags:
-                    raise SourceError("the Ray Dataset is empty and has no schema")
-                self._schema = frags[0].read().schema
-        return self._schema
-
-    def describe(self) -> str:
-        return "ray.data.Dataset"
-
-
-def _count_rows_impl(table: Any) -> int:
-    return int(table.num_rows if isinstance(table, pa.Table) else len(table))
-
-
-class _LazyRemote:
-    """``ray.remote`` applied on first use, so this module does not import Ray."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-        self._remote: Any = None
-
-    def remote(self, *args: Any) -> Any:
-        if self._remote is None:
-            import ray
-
-            self._remote = ray.remote(num_cpus=0)(self._fn)
-        return self._remote.remote(*args)
-
-
-_count_rows = _LazyRemote(_count_rows_impl)
-
-
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 
@@ -202,7 +119,7 @@ def source_from_path(location: str | os.PathLike[str], filesystem: Any = None) -
 
 
 def _plugin_source(location: str) -> Source | None:
-    from mlruntime.plugins import get_registry
+    from mlruntime.plugins.registry import get_registry
 
     sources = get_registry().sources()
     if not sources:
@@ -213,6 +130,23 @@ def _plugin_source(location: str) -> Source | None:
         if (scheme and scheme in spec.schemes) or any(lowered.endswith(s) for s in spec.suffixes):
             factory = get_registry().load("source", name)
             source = factory(location)
+            if not isinstance(source, Source):
+                raise SourceError(f"plugin source {name!r} returned {type(source).__name__}")
+            return source
+    return None
+
+
+def _plugin_source_for_object(obj: Any) -> Source | None:
+    """A source from the plugin whose ``SourceSpec.types`` names ``obj``'s type (or a base)."""
+    from mlruntime.plugins.registry import get_registry
+
+    sources = get_registry().sources()
+    if not sources:
+        return None
+    names = {f"{t.__module__}.{t.__qualname__}" for t in type(obj).__mro__}
+    for name, spec in sources.items():
+        if names.intersection(spec.types):
+            source = get_registry().load("source", name)(obj)
             if not isinstance(source, Source):
                 raise SourceError(f"plugin source {name!r} returned {type(source).__name__}")
             return source
@@ -252,8 +186,9 @@ def source_from_object(obj: Any, filesystem: Any = None) -> Source:
             return ArrowSource(obj.to_arrow(), "polars.DataFrame")
     if module.startswith("duckdb") and "Relation" in name:
         return DuckDBSource(obj)
-    if module.startswith("ray.data") and name in ("Dataset", "MaterializedDataset"):
-        return RayDatasetSource(obj)
+    plugin = _plugin_source_for_object(obj)
+    if plugin is not None:
+        return plugin
     to_source = getattr(obj, "to_source", None)
     if callable(to_source):  # dataset versions and other source-like objects
         source = to_source()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlruntime.data.worker import set_current_rank
 from mlruntime.errors import ConfigError, NotInWorkerError
 
 __all__ = ["Checkpoint", "Context", "RankInfo", "get_context"]
@@ -97,19 +98,12 @@ class Checkpoint:
     def store(self, folder: str | os.PathLike[str], name: str) -> Path:
         """Write the checkpoint as the directory ``folder/name``, atomically (staged, then
         renamed: a crash leaves no half-written checkpoint), and remember it as ``path``."""
-        import shutil
-        import uuid
+        from mlruntime.store.publish import new_staging, publish_dir
 
-        parent = Path(folder)
-        parent.mkdir(parents=True, exist_ok=True)
-        target = parent / name
-        staging = parent / f".staging-{uuid.uuid4().hex}"
+        staging = new_staging(folder, "checkpoint")
         self.to_directory(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        self.path = target
-        return target
+        self.path = publish_dir(staging, Path(folder) / name, replace=True)
+        return self.path
 
     def __repr__(self) -> str:
         kind = "directory" if self.is_directory else "dict"
@@ -252,3 +246,7 @@ def _current_context() -> Context | None:
 def _set_context(context: Context | None) -> None:
     global _current
     _current = context
+    if context is None:
+        set_current_rank(None)
+    else:
+        set_current_rank(context.get_rank(), context.get_world_size())

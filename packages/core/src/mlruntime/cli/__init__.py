@@ -1,7 +1,8 @@
-"""The ``mlruntime`` command: list plugins, show versions and cluster nodes, run plugin commands.
+"""The ``mlruntime`` command: plugins, versions and cluster nodes, datasets, train and predict.
 
-``mlruntime plugins``, ``mlruntime info [--cluster]``, and ``mlruntime <group> <name> ...`` for
-commands that plugins add (``mlruntime train xgboost ...``). ``--json`` gives machine output.
+``mlruntime plugins``, ``mlruntime info [--cluster]``, ``mlruntime datasets list|show|delete``,
+``mlruntime train|predict <plugin> ...`` for every GBDT estimator plugin, and
+``mlruntime <group> <name> ...`` for commands that plugins add. ``--json`` gives machine output.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlruntime.__about__ import __version__
+from mlruntime.cli import datasets, gbdt
 from mlruntime.errors import MLRuntimeError, PluginWarning
 
 __all__ = ["main"]
@@ -38,7 +40,7 @@ FRAMEWORK_DISTRIBUTIONS = (
 
 
 def _registry() -> Any:
-    from mlruntime.plugins import get_registry
+    from mlruntime.plugins.registry import get_registry
 
     registry = get_registry()
     with warnings.catch_warnings():
@@ -117,7 +119,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "frameworks": {name: _dist_version(name) for name in FRAMEWORK_DISTRIBUTIONS},
     }
     if args.cluster:
-        from mlruntime import runtime
+        from mlruntime.runtime import cluster as runtime
 
         runtime.init(args.address)
         nodes = runtime.get_nodes()
@@ -168,6 +170,8 @@ def _build_parser(groups: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: MLRUNTIME_ADDRESS)")
     p.set_defaults(func=_cmd_info)
 
+    datasets.add_parser(sub)
+
     for group, commands in sorted(groups.items()):
         names = ", ".join(sorted(commands))
         p = sub.add_parser(group, help=f"{group} with a plugin ({names})")
@@ -189,14 +193,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     registry = _registry()
     groups: dict[str, dict[str, Any]] = {}
-    for spec in registry.commands().values():
+    for verb, run in (("train", gbdt.train_main), ("predict", gbdt.predict_main)):
+        for name in gbdt.gbdt_plugins():
+            groups.setdefault(verb, {})[name] = run
+    for spec in registry.commands().values():  # a plugin's own command wins
         groups.setdefault(spec.group, {})[spec.name] = spec
-    for builtin in ("plugins", "info"):
+    for builtin in ("plugins", "info", "datasets"):
         groups.pop(builtin, None)
     args = _build_parser(groups).parse_args(argv)
     try:
         if args.func is not None:
             return int(args.func(args))
+        command = groups[args.group][args.name]
+        if callable(command):
+            return int(command(args.name, list(args.args)) or 0)
         command = registry.load("command", f"{args.group} {args.name}")
         return int(command(list(args.args)) or 0)
     except MLRuntimeError as exc:

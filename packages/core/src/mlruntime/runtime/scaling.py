@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mlruntime.errors import ConfigError, ResourceError
-from mlruntime.runtime import NodeInfo
+from mlruntime.runtime.cluster import NodeInfo
 
 __all__ = [
     "FailureConfig",

@@ -99,7 +99,7 @@ def init(address: str | None = None, **ray_options: Any) -> None:
         import ray
 
         options: dict[str, Any] = {
-            "logging_level": logging.ERROR,
+            "logging_level": logging.WARNING,  # Ray's own warnings (OOM kills) stay visible
             "log_to_driver": True,
             "ignore_reinit_error": True,
         }
@@ -124,8 +124,8 @@ def shutdown() -> None:
     """Disconnect from Ray; an embedded Ray started by :func:`init` is stopped."""
     global _started_by_us
     with _lock:
-        if "mlruntime.distributor" in sys.modules:
-            sys.modules["mlruntime.distributor"].release_idle_groups()
+        if "mlruntime.runtime.distributor" in sys.modules:
+            sys.modules["mlruntime.runtime.distributor"].release_idle_groups()
         if is_initialized():
             import ray
 

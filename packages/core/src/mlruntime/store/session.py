@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from mlruntime.errors import ConfigError, DatasetExistsError, QueryError, TableNotFoundError
+from mlruntime.store.storage import HOME_ENV, WRITE_MODES, mlruntime_home
 
 __all__ = ["HOME_ENV", "Session", "get_active_session", "mlruntime_home"]
-
-HOME_ENV = "MLRUNTIME_HOME"
-"""Environment variable of mlruntime's home folder (default ``~/.mlruntime``)."""
-
-WRITE_MODES = ("error", "overwrite", "append")
-
-
-def mlruntime_home() -> Path:
-    """The home folder (``$MLRUNTIME_HOME`` or ``~/.mlruntime``), created if missing."""
-    home = Path(os.environ.get(HOME_ENV) or "~/.mlruntime").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 def quote_identifier(name: str) -> str:
@@ -168,7 +156,7 @@ def _as_arrow(data: Any) -> pa.Table | pa.RecordBatchReader:
         return pa.table(data)
     if isinstance(data, duckdb.DuckDBPyRelation):
         return data.to_arrow_table()
-    from mlruntime.connector import DataConnector
+    from mlruntime.data.connector import DataConnector
 
     if not isinstance(data, DataConnector):
         data = DataConnector.from_dataframe(data)

@@ -17,8 +17,8 @@ from typing import Any, Literal, overload
 import numpy as np
 import pyarrow as pa
 
-from mlruntime.convert import table_to_numpy
-from mlruntime.sources import Fragment, ParquetFragment, read_row_groups
+from mlruntime.data.convert import table_to_numpy
+from mlruntime.data.sources import Fragment, ParquetFragment, read_row_groups
 
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER_ROWS",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mlruntime.batching import (
+from mlruntime.data.batching import (
     DEFAULT_SHUFFLE_BUFFER_ROWS,
     MAX_GROUP_ROWS,
     Batch,
@@ -29,10 +28,11 @@ from mlruntime.batching import (
     prefetch,
     read_pieces,
 )
-from mlruntime.convert import column_to_numpy
+from mlruntime.data.convert import column_to_numpy
+from mlruntime.data.inputs import DuckDBSource, source_from_object
+from mlruntime.data.sources import Fragment, Source, check_same_schema
+from mlruntime.data.worker import current_rank
 from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerError
-from mlruntime.inputs import DuckDBSource, RayDatasetSource, source_from_object
-from mlruntime.sources import Fragment, ParquetSource, Source, check_same_schema
 
 __all__ = ["DataConnector", "ShardedDataConnector", "resolve_worker_shard"]
 
@@ -96,9 +96,9 @@ class DataConnector:
         Raises:
             QueryError: If the query is invalid.
         """
-        from mlruntime.session import get_active_session
+        from mlruntime.data.catalog import get_catalog
 
-        relation = (session or get_active_session()).sql(query)
+        relation = (session or get_catalog().default_session()).sql(query)
         return cls([DuckDBSource(relation, label=" ".join(query.split()))])
 
     @classmethod
@@ -108,11 +108,11 @@ class DataConnector:
         Raises:
             DatasetNotFoundError: If the dataset or version does not exist.
         """
-        from mlruntime.dataset import Dataset, load_dataset
+        from mlruntime.data.catalog import get_catalog
 
-        if not isinstance(dataset, Dataset):
-            dataset = load_dataset(str(dataset), version)
-        return cls([dataset.to_source()])
+        if isinstance(dataset, (str, bytes)):
+            return cls([get_catalog().dataset_source(str(dataset), version)])
+        return cls([source_from_object(dataset)])
 
     @classmethod
     def from_sources(cls, sources: Any, *, filesystem: Any = None) -> DataConnector:
@@ -132,8 +132,9 @@ class DataConnector:
 
     @classmethod
     def from_ray_dataset(cls, dataset: Any) -> DataConnector:
-        """From a ``ray.data.Dataset`` (its blocks stay in Ray's object store)."""
-        return cls([RayDatasetSource(dataset)])
+        """From a ``ray.data.Dataset`` (its blocks stay in Ray's object store; the runtime
+        layer provides the source, as the plugin registry's built-in ``ray`` plugin)."""
+        return cls([source_from_object(dataset)])
 
     # -- description ------------------------------------------------------------------------
 
@@ -465,29 +466,11 @@ class DataConnector:
             return np.random.default_rng()
         return np.random.default_rng([int(seed), int(epoch)])
 
-    def to_ray_dataset(self) -> Any:
-        """A ``ray.data.Dataset`` over the same rows (Parquet sources are read by Ray itself)."""
-        import mlruntime.runtime
-
-        mlruntime.runtime.init()
-        _release_warm_workers()  # Ray Data's read tasks need the CPUs warm workers hold
-        import ray.data
-
-        if (
-            self._pieces is None
-            and all(isinstance(s, ParquetSource) for s in self._sources)
-            and all(p.whole for p in self.pieces())
-        ):
-            files = [f for s in self._sources for f in s.files]  # type: ignore[attr-defined]
-            fs = self.pieces()[0].fragment.filesystem  # type: ignore[attr-defined]
-            return ray.data.read_parquet(files, filesystem=fs, columns=self._columns)
-        return ray.data.from_arrow(self.to_arrow())
-
     # -- plugin adapters --------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("to_") and not name.startswith("__"):
-            from mlruntime.plugins import load_adapter
+            from mlruntime.plugins.registry import load_adapter
 
             adapter = load_adapter(name)
 
@@ -539,13 +522,6 @@ class _PlannedSource(Source):
 
     def describe(self) -> str:
         return self._description
-
-
-def _release_warm_workers() -> None:
-    import sys
-
-    if "mlruntime.distributor" in sys.modules:
-        sys.modules["mlruntime.distributor"].release_idle_groups()
 
 
 def _streams_to_numpy(typ: pa.DataType) -> bool:
@@ -620,24 +596,16 @@ def resolve_worker_shard(connector: DataConnector | ShardedDataConnector) -> Dat
     """
     if isinstance(connector, ShardedDataConnector):
         return connector.get_shard()
-    from mlruntime.context import _current_context
-
-    context = _current_context()
-    if context is not None and not connector.is_shard and context.get_world_size() > 1:
-        return connector.shard(context.get_world_size(), equal=True)[context.get_rank()]
+    rank = current_rank(use_env=False)
+    if rank is not None and not connector.is_shard and rank[1] > 1:
+        return connector.shard(rank[1], equal=True)[rank[0]]
     return connector
 
 
 def _current_rank() -> tuple[int, int]:
-    from mlruntime.context import get_context
-
-    try:
-        ctx = get_context()
-        return ctx.get_rank(), ctx.get_world_size()
-    except NotInWorkerError:
-        pass
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank = current_rank()
+    if rank is not None:
+        return rank
     raise NotInWorkerError(
         "get_shard() without rank/world_size must run inside a distributed worker; pass "
         "get_shard(rank=..., world_size=...) to pick a shard by hand"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlruntime.errors import PluginError, PluginNotFoundError, PluginWarning
-from mlruntime.hookspecs import (
+from mlruntime.plugins.hookspecs import (
     HOOK_SPEC_TYPES,
     PLUGIN_API_VERSION,
     PROJECT_NAME,

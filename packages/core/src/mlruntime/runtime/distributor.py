@@ -9,7 +9,6 @@ well under a second.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import uuid
@@ -18,19 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlruntime.connector import DataConnector, ShardedDataConnector
-from mlruntime.context import Checkpoint, Context, RankInfo, get_context
+from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, WorkerError
-from mlruntime.scaling import (
+from mlruntime.runtime.context import Checkpoint, Context, RankInfo, get_context
+from mlruntime.runtime.progress import Progress
+from mlruntime.runtime.scaling import (
     FailureConfig,
     NodeScalingConfig,
     ResolvedScaling,
     ScalingConfig,
     resolve_scaling,
 )
-from mlruntime.workers import RankFailure, WorkerGroup
+from mlruntime.runtime.workers import RankFailure, WorkerGroup
 
-__all__ = ["AttemptRecord", "Backend", "Distributor", "Progress", "Result"]
+__all__ = ["AttemptRecord", "Backend", "Distributor", "Result"]
 
 
 class Backend:
@@ -110,65 +110,6 @@ class Result:
     def get_checkpoint(self) -> Checkpoint | None:
         """The last checkpoint rank 0 reported."""
         return self.checkpoint
-
-
-class Progress:
-    """Prints a job's phases and rank 0's metrics, then a summary with phase timings.
-
-    Args:
-        name: The job's label.
-        enabled: ``False`` prints nothing (also when ``MLRUNTIME_QUIET`` is set).
-    """
-
-    def __init__(self, name: str, enabled: bool = True) -> None:
-        self.name = name
-        self.enabled = enabled and not os.environ.get("MLRUNTIME_QUIET")
-        self.timings: dict[str, float] = {}
-        self._phase: str | None = None
-        self._started = time.perf_counter()
-        self._phase_started = self._started
-
-    def say(self, message: str) -> None:
-        """Print one line."""
-        if self.enabled:
-            print(f"[mlruntime {self.name}] {message}", file=sys.stdout, flush=True)
-
-    def phase(self, name: str, message: str | None = None, at: float | None = None) -> None:
-        """Close the current phase (recording its time) and start ``name``.
-
-        Args:
-            name: The new phase.
-            message: A line to print.
-            at: When it started (``time.time()``, e.g. on a worker); default now.
-        """
-        now = time.perf_counter()
-        if at is not None:
-            now = max(self._phase_started, now - max(0.0, time.time() - at))
-        if self._phase is not None:
-            self.timings[self._phase] = self.timings.get(self._phase, 0.0) + (
-                now - self._phase_started
-            )
-        self._phase, self._phase_started = name, now
-        if message:
-            self.say(message)
-
-    def metrics(self, metrics: dict[str, Any]) -> None:
-        """Print one metrics report of rank 0."""
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        self.say(f"  {shown}")
-
-    def finish(self) -> dict[str, float]:
-        """Close the last phase, print the summary and return the timings."""
-        self.phase("done")
-        total = time.perf_counter() - self._started
-        self.timings["total"] = total
-        parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items() if k != "total")
-        self.say(f"finished in {total:.2f}s ({parts})")
-        return self.timings
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
 def _entry(backend: Backend, fn: Callable[..., Any], env: list[dict[str, str]]) -> Any:
@@ -283,33 +224,74 @@ class Distributor:
 
     def resolve(self) -> ResolvedScaling:
         """Connect to Ray and resolve the scaling config against the live cluster."""
-        from mlruntime.runtime import get_nodes, init
+        from mlruntime.runtime.cluster import get_nodes, init
 
         init()
         if isinstance(self.scaling_config, NodeScalingConfig):
             return self.scaling_config.resolve(get_nodes())
         return resolve_scaling(self.scaling_config, get_nodes())
 
-    def launch(
+    def run(
         self,
-        fn: Callable[[], Any],
+        train_func: Callable[[], Any] | None = None,
         *,
         dataset_map: dict[str, Any] | None = None,
         hyper_params: dict[str, Any] | None = None,
         artifact_location: str | os.PathLike[str] | None = None,
         equal_shards: bool = False,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
+        progress_total: int | None = None,
     ) -> Result:
-        """Run ``fn`` (no arguments; it calls ``get_context()``) on every worker.
+        """Run ``train_func`` (no arguments; it calls ``get_context()``) on every worker.
+
+        Args:
+            train_func: A picklable function of no arguments.
+            dataset_map: Name -> DataConnector; each rank gets its own shard, read straight
+                from storage on the worker. A ShardedDataConnector is passed as is.
+            hyper_params: What ``get_context().get_hyper_params()`` returns, types kept.
+            artifact_location: Folder for the run's model dir and checkpoints (default: a new
+                folder under ``MLRUNTIME_HOME/runs``).
+            equal_shards: Give every rank the same number of rows (the remainder is dropped).
+            on_metrics: Also called with every metrics dict rank 0 reports.
+            progress_total: Reports expected (rounds, epochs), for the progress bar.
+
+        Returns:
+            A Result with rank 0's reports, checkpoints and every rank's return value.
 
         Raises:
-            ConfigError: For a non-callable or non-picklable ``fn``, or ``dataset_map`` values
-                that are not DataConnectors — before any worker starts.
+            ConfigError: For a missing, non-callable or non-picklable ``train_func``, or
+                ``dataset_map`` values that are not DataConnectors — before any worker starts.
             ResourceError: If the scaling request cannot be met.
             WorkerError: If ranks fail (after the allowed restarts), with every rank's error
                 and the history of attempts.
         """
-        progress = Progress(self.name, self.verbose)
+        if train_func is None:
+            raise ConfigError(f"{type(self).__name__}.run() needs the function to run")
+        progress = Progress(self.name, self.verbose, total=progress_total)
+        try:
+            return self._run(
+                train_func,
+                progress,
+                dataset_map=dataset_map,
+                hyper_params=hyper_params,
+                artifact_location=artifact_location,
+                equal_shards=equal_shards,
+                on_metrics=on_metrics,
+            )
+        finally:
+            progress.close()
+
+    def _run(
+        self,
+        fn: Callable[[], Any],
+        progress: Progress,
+        *,
+        dataset_map: dict[str, Any] | None,
+        hyper_params: dict[str, Any] | None,
+        artifact_location: str | os.PathLike[str] | None,
+        equal_shards: bool,
+        on_metrics: Callable[[dict[str, Any]], None] | None,
+    ) -> Result:
         _check_callable(fn)
         datasets = _check_dataset_map(dataset_map)
         params = dict(hyper_params or {})
@@ -358,7 +340,9 @@ class Distributor:
                         name, at = payload
                         progress.phase(name, name, at=at)
                     else:
-                        (on_metrics or progress.metrics)(payload)
+                        progress.metrics(payload)
+                        if on_metrics is not None:
+                            on_metrics(payload)
 
             started = time.perf_counter()
             try:
@@ -411,7 +395,7 @@ class Distributor:
 
 
 def _default_run_dir(name: str) -> Path:
-    from mlruntime.session import mlruntime_home
+    from mlruntime.store.storage import mlruntime_home
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return mlruntime_home() / "runs" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"

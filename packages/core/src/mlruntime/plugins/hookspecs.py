@@ -7,7 +7,7 @@ listed and checked without importing any framework.
 
 Example of a plugin's hook module::
 
-    from mlruntime.hookspecs import AdapterSpec, hookimpl
+    from mlruntime.plugins.hookspecs import AdapterSpec, hookimpl
 
     MLRUNTIME_PLUGIN_API = 1
 
@@ -171,13 +171,16 @@ class DistributorSpec(Spec):
 class SourceSpec(Spec):
     """A kind of data source a plugin can read.
 
-    The target is a callable ``target(location, **options) -> Source``. ``schemes`` are URL schemes
-    (``"delta"`` for ``delta://...``) and ``suffixes`` are file endings (``".avro"``) for which
-    ``DataConnector.from_sources`` picks this source automatically.
+    The target is a callable ``target(location_or_object, **options) -> Source``. ``schemes`` are
+    URL schemes (``"delta"`` for ``delta://...``) and ``suffixes`` are file endings (``".avro"``)
+    for which ``DataConnector.from_sources`` picks this source automatically; ``types`` are
+    qualified class names (``"ray.data.dataset.Dataset"``) whose objects (or subclasses')
+    ``DataConnector.from_dataframe`` hands to it.
     """
 
     schemes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
 
     kind: ClassVar[str] = "source"
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlruntime.context import Checkpoint, Context, RankInfo, _set_context
 from mlruntime.errors import ResourceError, WorkerError
-from mlruntime.scaling import ResolvedScaling
+from mlruntime.runtime.context import Checkpoint, Context, RankInfo, _set_context
+from mlruntime.runtime.scaling import ResolvedScaling
 
 __all__ = ["RankFailure", "WorkerGroup"]
 

@@ -11,10 +11,10 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from mlruntime.context import get_context
-from mlruntime.distributor import Distributor, Result
 from mlruntime.errors import ConfigError
-from mlruntime.scaling import FailureConfig, NodeScalingConfig
+from mlruntime.runtime.context import get_context
+from mlruntime.runtime.distributor import Distributor, Result
+from mlruntime.runtime.scaling import FailureConfig, NodeScalingConfig
 
 __all__ = ["TrainFuncDistributor"]
 
@@ -58,15 +58,19 @@ class TrainFuncDistributor(Distributor):
 
     def run(
         self,
+        train_func: Callable[..., Any] | None = None,
         *,
         dataset_map: dict[str, Any] | None = None,
         hyper_params: dict[str, Any] | None = None,
         artifact_location: str | os.PathLike[str] | None = None,
         equal_shards: bool = True,
+        on_metrics: Callable[[dict[str, Any]], None] | None = None,
+        progress_total: int | None = None,
     ) -> Result:
         """Run ``train_func`` on every worker and return rank 0's report.
 
         Args:
+            train_func: Run this instead of the function given to the constructor.
             dataset_map: Name -> DataConnector; each rank gets its own shard (equal-sized by
                 default so ranks take the same number of steps), read straight from storage on
                 the worker. A ShardedDataConnector is passed as is.
@@ -74,6 +78,8 @@ class TrainFuncDistributor(Distributor):
             artifact_location: Folder for the run's model dir and checkpoints (default: a new
                 folder under ``MLRUNTIME_HOME/runs``).
             equal_shards: Give every rank the same number of rows (the remainder is dropped).
+            on_metrics: Also called with every metrics dict rank 0 reports.
+            progress_total: Reports expected (e.g. epochs), for the progress bar.
 
         Returns:
             A Result: ``get_metrics()`` (rank 0's last report), ``get_metrics_history()``,
@@ -87,12 +93,14 @@ class TrainFuncDistributor(Distributor):
             WorkerError: Ranks failed (every rank's error and traceback), after the allowed
                 restarts.
         """
-        return self.launch(
-            _CallTrainFunc(self.train_func),
+        return super().run(
+            _CallTrainFunc(train_func or self.train_func),
             dataset_map=dataset_map,
             hyper_params=dict(hyper_params or {}),
             artifact_location=artifact_location,
             equal_shards=equal_shards,
+            on_metrics=on_metrics,
+            progress_total=progress_total,
         )
 
 

@@ -1,0 +1,201 @@
+"""Training inputs every trainer shares: checks of the columns before any worker starts,
+feature matrices streamed in batches, and the peak-memory probe the benchmarks report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mlruntime.data.connector import DataConnector
+from mlruntime.data.convert import column_to_numpy
+from mlruntime.errors import ColumnError, ConfigError, DataError
+
+__all__ = [
+    "PeakMemory",
+    "as_connector",
+    "check_training_columns",
+    "feature_batches",
+    "is_categorical",
+    "table_to_matrix",
+]
+
+
+class PeakMemory:
+    """Peak RSS growth of this process from now on (Linux: resets and reads VmHWM).
+
+    ``growth()`` returns bytes, or ``None`` where the platform cannot tell.
+    """
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # reset the peak-RSS counter
+            self.base = self._read("VmRSS:")
+        except OSError:
+            self.base = None
+
+    @staticmethod
+    def _read(field: str) -> int:
+        with open("/proc/self/status") as handle:
+            line = next(ln for ln in handle if ln.startswith(field))
+        return int(line.split()[1]) * 1024
+
+    def growth(self) -> int | None:
+        """Peak RSS since construction minus RSS at construction."""
+        if self.base is None:
+            return None
+        try:
+            return self._read("VmHWM:") - self.base
+        except OSError:
+            return None
+
+
+def as_connector(data: Any, what: str = "dataset") -> DataConnector:
+    """A DataConnector over ``data`` (a connector, frame, relation, source or path).
+
+    Raises:
+        ConfigError: If ``data`` is none of those.
+    """
+    if data is None:
+        raise ConfigError(f"{what} is None; pass a DataConnector, a frame or a path")
+    try:
+        return DataConnector.from_dataframe(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+
+
+def _is_numeric(typ: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(typ)
+        or pa.types.is_floating(typ)
+        or pa.types.is_boolean(typ)
+        or pa.types.is_decimal(typ)
+        or (pa.types.is_dictionary(typ) and _is_numeric(typ.value_type))
+    )
+
+
+def is_categorical(typ: pa.DataType) -> bool:
+    """Whether a column of this type is a categorical feature (strings, dictionaries)."""
+    return bool(
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or (pa.types.is_dictionary(typ) and not _is_numeric(typ.value_type))
+    )
+
+
+def check_training_columns(
+    connector: DataConnector,
+    input_cols: Sequence[str] | None,
+    label_col: str | None,
+    weight_col: str | None = None,
+    *,
+    what: str = "dataset",
+    check_null_labels: bool = True,
+    allow_categorical: bool = False,
+) -> list[str]:
+    """Check the columns of a training input and return the feature columns.
+
+    ``input_cols=None`` means every column except the label and weight. With
+    ``allow_categorical``, string and dictionary features are accepted as categorical.
+
+    Raises:
+        ColumnError: For a column not in the data, or a feature/label/weight that is not
+            numeric.
+        DataError: If the label has nulls.
+    """
+    schema = connector.schema
+    names = schema.names
+    wanted = [c for c in [label_col, weight_col] if c is not None]
+    if isinstance(input_cols, str):
+        input_cols = [input_cols]
+    features = list(input_cols) if input_cols is not None else [c for c in names if c not in wanted]
+    if not features:
+        raise ColumnError(f"{what} has no feature columns besides {wanted}")
+    missing = [c for c in [*features, *wanted] if c not in names]
+    if missing:
+        raise ColumnError(
+            f"{what}: column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"{'are' if len(missing) > 1 else 'is'} not in the data; columns are {', '.join(names)}"
+        )
+    for role, cols in (("feature", features), ("label", [label_col]), ("weight", [weight_col])):
+        for col in cols:
+            if col is None:
+                continue
+            typ = schema.field(col).type
+            if role == "feature" and allow_categorical and is_categorical(typ):
+                continue
+            if not _is_numeric(typ):
+                raise ColumnError(
+                    f"{what}: {role} column {col!r} has type {typ}; {role}s must be numeric "
+                    "(int, float, bool, decimal) — encode or cast it first"
+                )
+    if label_col is not None and check_null_labels:
+        nulls = sum(
+            t.column(0).null_count
+            for t in connector.select([label_col])._tables(connector.pieces())
+        )
+        if nulls:
+            raise DataError(
+                f"{what}: label column {label_col!r} has {nulls} null value(s); drop or fill "
+                "those rows first"
+            )
+    return features
+
+
+def feature_batches(
+    connector: DataConnector,
+    input_cols: Sequence[str],
+    label_col: str | None = None,
+    weight_col: str | None = None,
+    *,
+    batch_size: int = 65_536,
+    dtype: Any = np.float32,
+    prefetch_tables: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Stream ``(X, y, w)``: a 2-D ``dtype`` feature matrix per batch, labels and weights.
+
+    Only one batch is materialized at a time (the last batch may be shorter); reads are about
+    a batch long and one is read ahead: the consumers (matrix builders) are CPU-bound, so
+    larger or further reads would only raise peak memory.
+    """
+    columns = list(dict.fromkeys([*input_cols, *(c for c in (label_col, weight_col) if c)]))
+    for batch in connector.to_batches(
+        batch_size,
+        drop_last_batch=False,
+        columns=columns,
+        prefetch_tables=prefetch_tables,
+        read_rows=batch_size,
+    ):
+        n = len(batch[columns[0]])
+        x = np.empty((n, len(input_cols)), dtype=dtype)
+        for j, name in enumerate(input_cols):
+            x[:, j] = batch[name]
+        y = np.asarray(batch[label_col], dtype=np.float32) if label_col else None
+        w = np.asarray(batch[weight_col], dtype=np.float32) if weight_col else None
+        yield x, y, w
+
+
+def table_to_matrix(
+    table: pa.Table | pa.RecordBatch,
+    columns: Sequence[str],
+    dtype: Any = np.float32,
+    categories: dict[str, pa.Array] | None = None,
+) -> np.ndarray:
+    """A 2-D ``dtype`` matrix of ``columns``; categorical columns become the index of their
+    value in ``categories[col]`` (NaN when unknown or null)."""
+    import pyarrow.compute as pc
+
+    out = np.empty((table.num_rows, len(columns)), dtype=dtype)
+    for j, name in enumerate(columns):
+        column = table.column(name)
+        if categories and name in categories:
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            out[:, j] = column_to_numpy(pc.index_in(column, value_set=categories[name]))
+        else:
+            out[:, j] = column_to_numpy(column)
+    return out
