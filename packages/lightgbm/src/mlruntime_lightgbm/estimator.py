@@ -22,9 +22,8 @@ from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
 from mlruntime.train.features import is_categorical
-from mlruntime.train.gbdt import (
-    GBDTEstimator,
-    GBDTScalingConfig,
+from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
+from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
     ResumeState,
     RoundReporter,

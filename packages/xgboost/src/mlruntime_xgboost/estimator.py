@@ -18,9 +18,8 @@ from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
-from mlruntime.train.gbdt import (
-    GBDTEstimator,
-    GBDTScalingConfig,
+from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
+from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
     ResumeState,
     RoundReporter,

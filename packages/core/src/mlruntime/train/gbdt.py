@@ -1,18 +1,17 @@
-"""The GBDT estimator base: what distributed XGBoost and LightGBM share.
+"""The GBDT estimator base: what distributed XGBoost and LightGBM share, on the driver.
 
 :class:`GBDTEstimator` owns the user-facing shape (Snowflake's ``fit`` / ``predict`` /
 ``save_model`` / ``load_model``), input checks before any worker starts, the launch, per-round
 reports to the progress bar, a checkpoint every N rounds and resuming from it after a restart,
-and the merge of the evaluation history across restarts. A framework plugin supplies a
-:class:`GBDTTrainer` (how its workers join, build their matrices and boost) and a few
-class attributes; nothing else.
+and the merge of the evaluation history across restarts (the worker half is
+:mod:`mlruntime.train.gbdt_worker`). A framework plugin supplies a :class:`GBDTTrainer` (how
+its workers join, build their matrices and boost), a backend and a few class attributes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,23 +21,13 @@ import numpy as np
 
 from mlruntime.data.connector import DataConnector
 from mlruntime.errors import ConfigError, MLRuntimeError, WorkerError
-from mlruntime.runtime.context import Checkpoint, Context, get_context
 from mlruntime.runtime.distributor import Backend, Distributor, Result
 from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
-from mlruntime.train.features import PeakMemory, as_connector, check_training_columns
+from mlruntime.train.features import as_connector, check_training_columns
+from mlruntime.train.gbdt_worker import EvalHistory, GBDTTrainer, run_trainer
 from mlruntime.train.inference import BatchPredictor, score_to_sink
 
-__all__ = [
-    "EvalHistory",
-    "GBDTEstimator",
-    "GBDTScalingConfig",
-    "GBDTTrainer",
-    "RoundReporter",
-    "merge_evals",
-]
-
-EvalHistory = dict[str, dict[str, list[float]]]
-"""Per-round metrics: ``{"train": {"rmse": [...]}, "eval": {...}}``."""
+__all__ = ["GBDTEstimator", "GBDTScalingConfig"]
 
 
 @dataclass(frozen=True)
@@ -66,160 +55,6 @@ class GBDTScalingConfig:
             ),
             use_gpu=self.use_gpu,
         )
-
-
-def merge_evals(*histories: Any) -> EvalHistory:
-    """Concatenate evaluation histories in order (before and after a restart)."""
-    merged: EvalHistory = {}
-    for history in histories:
-        for data_name, per_metric in (history or {}).items():
-            for metric, values in per_metric.items():
-                merged.setdefault(data_name, {}).setdefault(metric, []).extend(
-                    float(v) for v in values
-                )
-    return merged
-
-
-class RoundReporter:
-    """Rank 0's view of boosting: each round's metrics to the driver, a checkpoint every
-    ``every`` rounds, and the evaluation history so far (including rounds before a restart).
-
-    A framework's training callback calls :meth:`round` once per round.
-
-    Args:
-        ctx: The worker's context.
-        every: Rounds between checkpoints (0: none).
-        previous: The history restored from the checkpoint resumed from.
-    """
-
-    def __init__(self, ctx: Context, every: int, previous: EvalHistory | None = None) -> None:
-        self.ctx = ctx
-        self.every = every
-        self.previous = previous or {}
-        self.current: EvalHistory = {}
-
-    def round(
-        self, rounds: int, latest: dict[str, dict[str, float]], model_state: Callable[[], Any]
-    ) -> None:
-        """Record one round.
-
-        Args:
-            rounds: Rounds boosted so far (restored ones included).
-            latest: This round's ``{data_name: {metric: value}}``.
-            model_state: Returns the model serialized (called only when a checkpoint is due).
-        """
-        metrics: dict[str, Any] = {"round": rounds}
-        for data_name, per_metric in latest.items():
-            for metric, value in per_metric.items():
-                metrics[f"{data_name}-{metric}"] = float(value)
-                self.current.setdefault(data_name, {}).setdefault(metric, []).append(float(value))
-        checkpoint = None
-        if self.every and rounds % self.every == 0:
-            checkpoint = Checkpoint.from_dict(
-                {"model": model_state(), "rounds": rounds, "evals_result": self.history()}
-            )
-        self.ctx.report(metrics, checkpoint=checkpoint)
-
-    def history(self) -> EvalHistory:
-        """Every round's metrics so far, restored rounds first."""
-        return merge_evals(self.previous, self.current)
-
-
-@dataclass
-class ResumeState:
-    """Where training starts on a worker: a restored model, rounds done and their history."""
-
-    model: Any = None
-    rounds: int = 0
-    history: EvalHistory | None = None
-
-
-class GBDTTrainer:
-    """The framework part of a GBDT job; runs on every worker. Instances must be picklable
-    (define subclasses at module level; import the framework inside the methods or at the top
-    of the plugin's estimator module)."""
-
-    framework = "gbdt"
-    framework_error: ClassVar[tuple[type[BaseException], ...]] = ()
-    """Exceptions the framework raises for parameters or data it rejects."""
-
-    def params(self, ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
-        """The framework parameters for this rank (threads, device, network)."""
-        return dict(spec["params"])
-
-    def join(self, ctx: Context, params: dict[str, Any]) -> AbstractContextManager[Any]:
-        """The framework's collective, held while the matrices are built and trained on (e.g.
-        xgboost.collective, whose quantile sketches must be built together)."""
-        return nullcontext()
-
-    def build(self, ctx: Context, spec: dict[str, Any], params: dict[str, Any]) -> Any:
-        """Read this rank's data into the framework's training (and eval) matrices."""
-        raise NotImplementedError
-
-    def load(self, payload: Any) -> Any:
-        """A model from its serialized form (checkpoints, the driver's copy)."""
-        raise NotImplementedError
-
-    def dump(self, model: Any) -> Any:
-        """The model serialized (bytes or text), for checkpoints and the driver."""
-        raise NotImplementedError
-
-    def train(
-        self,
-        ctx: Context,
-        spec: dict[str, Any],
-        params: dict[str, Any],
-        data: Any,
-        resume: ResumeState,
-        reporter: RoundReporter,
-    ) -> Any:
-        """Boost ``spec["rounds"] - resume.rounds`` more rounds; call ``reporter.round`` each
-        round; return the model."""
-        raise NotImplementedError
-
-    def extra_result(self, model: Any, params: dict[str, Any]) -> dict[str, Any]:
-        """More of rank 0's result for the driver (e.g. the best iteration)."""
-        return {}
-
-    def device(self, params: dict[str, Any]) -> str:
-        """The device this rank trained on, as the framework names it."""
-        return "cpu"
-
-
-def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs on every rank: build the matrices, resume, boost; rank 0 returns the model.
-
-    Parameters the framework rejects become a :class:`ConfigError` naming them.
-    """
-    ctx = get_context()
-    memory = PeakMemory()
-    params = trainer.params(ctx, spec)
-    try:
-        with trainer.join(ctx, params):
-            ctx.phase("loading data")
-            data = trainer.build(ctx, spec, params)
-            ctx.phase("training")
-            resume = ResumeState()
-            checkpoint = ctx.get_checkpoint()
-            if checkpoint is not None:
-                state = checkpoint.to_dict()
-                resume = ResumeState(
-                    trainer.load(state["model"]), state["rounds"], state["evals_result"]
-                )
-            reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
-            model = trainer.train(ctx, spec, params, data, resume, reporter)
-    except trainer.framework_error as exc:
-        lines = str(exc).strip().splitlines()
-        first = lines[0] if lines else repr(exc)
-        raise ConfigError(
-            f"invalid {trainer.framework} parameters {spec['params']}: {first}"
-        ) from exc
-    out: dict[str, Any] = {"device": trainer.device(params), "peak_memory_growth": memory.growth()}
-    if ctx.get_rank() == 0:
-        out["model"] = trainer.dump(model)
-        out["evals_result"] = reporter.history()
-        out.update(trainer.extra_result(model, params))
-    return out
 
 
 class GBDTEstimator:
