@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mlruntime
 from mlruntime import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
 from mlruntime.runtime.context import Checkpoint, get_context
@@ -322,3 +323,30 @@ def test_worker_output_is_prefixed_by_rank(ray_cluster: None, tmp_path: Path) ->
         (log,) = logs.glob(f"worker-*-{pid}.out")  # what Ray forwards to the driver
         text = log.read_text()
         assert f"[rank {rank}] hello from {rank}\n[rank {rank}] second line\n" in text
+
+
+def job_addresses() -> dict[str, object]:
+    ctx = get_context()
+    return {"node_ip": ctx.rank_info.node_ip, "master": ctx.get_master_addr()}
+
+
+def test_a_job_on_the_driver_machine_uses_loopback_addresses_only(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import WorkerGroup
+
+    ranks = quiet().run(job_addresses, artifact_location=tmp_path).return_values
+    assert ranks == [{"node_ip": "127.0.0.1", "master": "127.0.0.1"}] * 2
+    group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+    group.start()
+    try:
+        assert group.loopback and group.driver_host() == "127.0.0.1"
+        import ray
+
+        # free ports are found by binding on loopback, where the framework will listen
+        ports = group.free_ports()
+        assert len(ports) == 2 and all(p > 0 for p in ports)
+        assert ray.get(group.actors[0].free_port.remote("127.0.0.1")) > 0
+    finally:
+        group.shutdown()

@@ -90,3 +90,20 @@ def test_init_connects_to_the_cluster_named_by_mlruntime_address(
     monkeypatch.setenv("MLRUNTIME_ADDRESS", three_nodes.address)  # type: ignore[attr-defined]
     mlruntime.init()
     assert len(mlruntime.get_nodes()) == 3
+
+
+def job_addresses() -> dict[str, object]:
+    ctx = get_context()
+    return {"node_ip": ctx.rank_info.node_ip, "master": ctx.get_master_addr()}
+
+
+def test_ranks_on_several_nodes_meet_on_their_cluster_addresses(
+    three_nodes: object, tmp_path: Path
+) -> None:
+    # Not loopback: the job spans nodes, so its ports are reached on the nodes' addresses.
+    d = Distributor(ScalingConfig(num_workers=4, use_gpu=True), verbose=False)
+    ranks = d.run(job_addresses, artifact_location=tmp_path).return_values
+    addresses = {n.node_id: n.address for n in mlruntime.get_nodes()}
+    assert all(r["node_ip"] in addresses.values() for r in ranks)
+    assert not any(str(r["node_ip"]).startswith("127.") for r in ranks)
+    assert {r["master"] for r in ranks} == {ranks[0]["node_ip"]}

@@ -290,3 +290,19 @@ def test_cli_predicts_from_a_saved_model_into_parquet_and_a_table(
     with Session(db) as session:
         assert session.sql("SELECT count(*) FROM scored").fetchall()[0][0] == len(frame)
     assert main(["predict", "xgboost", *args]) == 2  # exists, mode=error: a clear error
+
+
+class _TrackerIsLoopback(xgb.callback.TrainingCallback):
+    """Fails the job unless the rendezvous tracker this rank dialled listens on loopback."""
+
+    def after_iteration(self, model: object, epoch: int, evals_log: object) -> bool:
+        uri = get_context().backend_info["tracker_args"]["dmlc_tracker_uri"]
+        if uri != "127.0.0.1":
+            raise AssertionError(f"the tracker is dialled on {uri}, not on loopback")
+        return False
+
+
+def test_local_job_dials_the_tracker_on_loopback(ray_cluster: None, frame: pd.DataFrame) -> None:
+    est = estimator(n_estimators=2, callbacks=[_TrackerIsLoopback()])
+    est.fit(frame, FEATURES, "y")
+    assert est.get_booster().num_boosted_rounds() == 2

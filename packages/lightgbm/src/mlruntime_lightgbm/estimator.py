@@ -57,9 +57,7 @@ class _LightGBMBackend(Backend):
     name = "lightgbm"
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
-        import ray
-
-        ports = ray.get([actor.free_port.remote() for actor in group.actors])
+        ports = group.free_ports()  # on loopback when every rank runs on the driver's machine
         machines = ",".join(f"{r.node_ip}:{p}" for r, p in zip(group.ranks, ports, strict=True))
         return {
             "machines": machines,

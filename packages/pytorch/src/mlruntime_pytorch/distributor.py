@@ -8,6 +8,7 @@ the local GPU as the current device.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 
 from mlruntime.runtime.context import Context, RankInfo
@@ -35,8 +36,12 @@ class TorchBackend(Backend):
     name = "torch"
 
     def worker_env(self, rank: RankInfo, master_addr: str, master_port: int) -> dict[str, str]:
-        """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_*."""
+        """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_*; on
+        one machine gloo is kept on the loopback interface."""
+        lo = "lo0" if sys.platform == "darwin" else "lo"
+        loopback = {"GLOO_SOCKET_IFNAME": lo} if master_addr.startswith("127.") else {}
         return {
+            **loopback,
             "RANK": str(rank.world_rank),
             "WORLD_SIZE": str(rank.world_size),
             "LOCAL_RANK": str(rank.local_rank),

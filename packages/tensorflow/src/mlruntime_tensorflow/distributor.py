@@ -34,10 +34,9 @@ class TensorFlowBackend(Backend):
     reuse_workers = False  # a process cannot configure TF's collectives for a second cluster
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
-        """Ask every worker for a free port on its node; the list is the cluster spec."""
-        import ray
-
-        ports = ray.get([actor.free_port.remote() for actor in group.actors])
+        """Ask every worker for a free port on its node (loopback when the job runs on one
+        machine); the list is the cluster spec."""
+        ports = group.free_ports()
         hosts = [f"{r.node_ip}:{p}" for r, p in zip(group.ranks, ports, strict=True)]
         return {"workers": hosts}
 

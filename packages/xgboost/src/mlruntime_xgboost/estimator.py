@@ -61,11 +61,10 @@ class _XGBBackend(Backend):
         self._tracker = None
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
-        import ray
         from xgboost.tracker import RabitTracker
 
         scaling = group.scaling
-        host = ray.util.get_node_ip_address()
+        host = group.driver_host()  # 127.0.0.1 when every rank runs on the driver's machine
         self._tracker = RabitTracker(
             n_workers=scaling.num_workers, host_ip=host, sortby="task", timeout=0
         )

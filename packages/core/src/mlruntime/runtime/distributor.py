@@ -295,6 +295,10 @@ class Distributor:
         _check_callable(fn)
         datasets = _check_dataset_map(dataset_map)
         params = dict(hyper_params or {})
+        _check_sendable("hyper_params", params)
+        for name, value in datasets.items():
+            if isinstance(value, ShardedDataConnector):  # sent whole; plain ones as pieces
+                _check_sendable(f"dataset_map[{name!r}]", value)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
         run_dir = Path(artifact_location) if artifact_location else _default_run_dir(self.name)
@@ -311,20 +315,24 @@ class Distributor:
             group = _acquire(scaling, key, progress)
             import ray
 
-            ray.get(group.state.reset.remote(checkpoint, str(checkpoint_dir), stored))
-            backend_info = self.backend.driver_setup(group)
-            contexts = group.contexts(
-                backend_info=backend_info,
-                hyper_params=params,
-                model_dir=model_dir,
-                checkpoint=checkpoint,
-                attempt=attempt,
-                dataset_maps=per_rank,
-            )
-            envs = [
-                self.backend.worker_env(info, group.master_addr, group.master_port)
-                for info in group.ranks
-            ]
+            try:
+                ray.get(group.state.reset.remote(checkpoint, str(checkpoint_dir), stored))
+                backend_info = self.backend.driver_setup(group)
+                contexts = group.contexts(
+                    backend_info=backend_info,
+                    hyper_params=params,
+                    model_dir=model_dir,
+                    checkpoint=checkpoint,
+                    attempt=attempt,
+                    dataset_maps=per_rank,
+                )
+                envs = [
+                    self.backend.worker_env(info, group.master_addr, group.master_port)
+                    for info in group.ranks
+                ]
+            except BaseException:
+                _abandon(group, self.backend)
+                raise
             progress.phase(
                 "train",
                 f"training on {scaling.describe()}"
@@ -375,9 +383,16 @@ class Distributor:
                 )
                 attempt += 1
                 continue
-            self.backend.driver_teardown()
-            poll()
-            history, last, _ = ray.get(group.state.snapshot.remote())
+            except BaseException:  # Ctrl-C, or the driver failed: nothing may stay behind
+                _abandon(group, self.backend)
+                raise
+            try:
+                self.backend.driver_teardown()
+                poll()
+                history, last, _ = ray.get(group.state.snapshot.remote())
+            except BaseException:
+                _abandon(group, self.backend)
+                raise
             _release(group, key, self.backend.reuse_workers)
             break
         location = str(last.path) if last is not None and last.path is not None else None
@@ -392,6 +407,17 @@ class Distributor:
             attempts=attempts,
             timings=timings,
         )
+
+
+def _abandon(group: WorkerGroup, backend: Backend) -> None:
+    """Stop a job whose driver is leaving (KeyboardInterrupt, an exception): the backend's
+    driver-side services (trackers, ports), the workers, the job state and the placement
+    group, so the next job can use their resources at once."""
+    for step in (backend.driver_teardown, group.shutdown):
+        try:
+            step()
+        except Exception:  # keep tearing down; the original exception is what matters
+            pass
 
 
 def _default_run_dir(name: str) -> Path:
@@ -413,6 +439,20 @@ def _check_callable(fn: Any) -> None:
             f"train_func {getattr(fn, '__name__', fn)!r} cannot be sent to workers: it is not "
             f"picklable ({type(exc).__name__}: {exc}); define it at module level and avoid "
             "capturing locks, open files or connections"
+        ) from exc
+
+
+def _check_sendable(what: str, value: Any) -> None:
+    """Fail before placement when ``value`` cannot travel to the workers."""
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+    except Exception as exc:
+        raise ConfigError(
+            f"{what} cannot be sent to workers: it is not picklable ({type(exc).__name__}: "
+            f"{exc}); pass plain values, or data as a DataConnector over files, frames or a "
+            "dataset"
         ) from exc
 
 

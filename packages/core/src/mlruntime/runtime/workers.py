@@ -22,6 +22,9 @@ from mlruntime.runtime.scaling import ResolvedScaling
 
 __all__ = ["RankFailure", "WorkerGroup"]
 
+LOOPBACK = "127.0.0.1"
+"""Where a job's ports listen when all of its processes run on one machine."""
+
 PLACEMENT_TIMEOUT_S = float(os.environ.get("MLRUNTIME_PLACEMENT_TIMEOUT_S", "60"))
 FAILURE_GRACE_S = 2.0
 """After one rank fails, how long the others get to report their own errors before the kill."""
@@ -96,10 +99,10 @@ class _Worker:
         if visible_gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus)
 
-    def free_port(self) -> int:
+    def free_port(self, host: str = "") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("", 0))
+            sock.bind((host, 0))
             return int(sock.getsockname()[1])
 
     def execute(
@@ -214,6 +217,8 @@ class WorkerGroup:
         self._pg: Any = None
         self.master_addr = ""
         self.master_port = 0
+        self.loopback = False
+        """Whether every rank runs on the driver's node, so jobs talk over 127.0.0.1 only."""
         self.timings: dict[str, float] = {}
 
     @property
@@ -244,10 +249,21 @@ class WorkerGroup:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         # On the driver's node: the checkpoints it writes land on the driver's filesystem.
         self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
+        try:
+            self._place(ray, remove_placement_group, PlacementGroupSchedulingStrategy)
+        except BaseException:  # Ctrl-C or a failure while placing: release what was reserved
+            self.shutdown()
+            raise
+        self.timings["place"] = time.perf_counter() - started
+
+    def _place(self, ray: Any, remove_placement_group: Any, strategy: Any) -> None:
+        s = self.scaling
         ready, _ = ray.wait([self._pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
             remove_placement_group(self._pg)
+            self._pg = None
             ray.kill(self.state)
+            self.state = None
             available = ray.available_resources()
             raise ResourceError(
                 f"could not place {s.describe()} within {PLACEMENT_TIMEOUT_S:g}s; available "
@@ -268,13 +284,17 @@ class WorkerGroup:
                 num_gpus=s.num_gpus or None,
                 memory=s.memory,
                 max_concurrency=2,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                scheduling_strategy=strategy(
                     placement_group=self._pg, placement_group_bundle_index=i
                 ),
             ).remote(env)
             for i in range(s.num_workers)
         ]
         infos = ray.get([a.describe.remote() for a in self.actors])
+        driver_node = ray.get_runtime_context().get_node_id()
+        self.loopback = all(info["node_id"] == driver_node for info in infos)
+        if self.loopback:  # one machine: peers and the driver meet on loopback only
+            infos = [{**info, "node_ip": LOOPBACK} for info in infos]
         self._assign_ranks(infos)
         visible = self._visible_gpus(infos)
         ray.get(
@@ -285,14 +305,33 @@ class WorkerGroup:
         )
         self.master_addr = self.ranks[0].node_ip
         self.refresh_master_port()
-        self.timings["place"] = time.perf_counter() - started
 
     def refresh_master_port(self) -> int:
         """Pick a new free rendezvous port on rank 0's node (for the next job of a reused group)."""
         import ray
 
-        self.master_port = ray.get(self.actors[0].free_port.remote())
+        self.master_port = ray.get(self.actors[0].free_port.remote(self.bind_host(0)))
         return self.master_port
+
+    def bind_host(self, rank: int) -> str:
+        """The address a job port of ``rank`` should listen on: loopback when every rank runs
+        on the driver's node, else all of the node's interfaces (its cluster address is among
+        them)."""
+        return LOOPBACK if self.loopback else ""
+
+    def driver_host(self) -> str:
+        """The address workers reach a driver-side service (a rendezvous tracker) at."""
+        import ray
+
+        return LOOPBACK if self.loopback else ray.util.get_node_ip_address()
+
+    def free_ports(self) -> list[int]:
+        """One free port per rank, found on the rank's own node (on loopback when local)."""
+        import ray
+
+        return list(
+            ray.get([a.free_port.remote(self.bind_host(i)) for i, a in enumerate(self.actors)])
+        )
 
     def _assign_ranks(self, infos: list[dict[str, Any]]) -> None:
         node_order: list[str] = []
