@@ -130,9 +130,10 @@ def test_reports_and_checkpoints_reach_the_result(
     assert result.get_checkpoint().to_dict() == {"step": 2}
     location = Path(result.get_checkpoint_location())
     assert location.parent == tmp_path / "checkpoints" and (location / "state.pkl").exists()
-    # Each checkpoint is a directory under artifact_location by the time report() returns.
+    # Each checkpoint is a directory under artifact_location by the time report() returns,
+    # and only the last two (checkpoints_to_keep's default) stay.
     names = [f"checkpoint_{i:06d}" for i in range(3)]
-    assert result.return_values[0] == [names[:1], names[:2], names]
+    assert result.return_values[0] == [names[:1], names[:2], names[1:]]
     assert location.name == names[-1]
     captured = capsys.readouterr()
     # One summary line on stdout with rank 0's last report; the bar went to stderr.

@@ -66,7 +66,9 @@ def is_initialized() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-def init(address: str | None = None, **ray_options: Any) -> None:
+def init(
+    address: str | None = None, *, storage: str | os.PathLike[str] | None = None, **ray_options: Any
+) -> None:
     """Connect to Ray, starting an embedded local one when no cluster is named.
 
     In order: reuse the Ray this process is already connected to; connect to ``address``, or to
@@ -76,12 +78,19 @@ def init(address: str | None = None, **ray_options: Any) -> None:
 
     Args:
         address: A Ray address (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``).
+        storage: Where jobs keep what every node must reach (run folders, model dirs,
+            checkpoints): a pyarrow filesystem URI (``s3://bucket/prefix``) or a shared path;
+            default ``MLRUNTIME_STORAGE``, else ``MLRUNTIME_HOME`` (fine on one machine).
         **ray_options: Passed to ``ray.init`` (``num_cpus``, ``num_gpus``, ``runtime_env`` ...).
 
     Raises:
         ConfigError: If Ray is already connected to a different address than the one asked.
     """
     global _started_by_us
+    if storage is not None:
+        from mlruntime.store.storage import set_storage
+
+        set_storage(storage)
     with _lock:
         address = address or os.environ.get(ADDRESS_ENV) or None
         if is_initialized():
@@ -165,6 +174,78 @@ def get_nodes() -> list[NodeInfo]:
             )
         )
     return sorted(nodes, key=lambda n: (not n.is_head, n.address, n.node_id))
+
+
+_reachable: set[tuple[str, frozenset[str]]] = set()
+
+
+def _can_read(path: str, token: str) -> bool:
+    try:
+        with open(path) as handle:
+            return handle.read() == token
+    except OSError:
+        return False
+
+
+_probe = None
+
+
+def check_storage_reachable(uri: str) -> None:
+    """Fail fast when workers may run on nodes that cannot see a local-path storage.
+
+    For a path on the driver's machine (not an ``s3://``-like URI) and a cluster with other
+    nodes, the driver writes a probe file there and a zero-CPU task on every other node
+    checks it can read it (a shared NFS path passes); the answer is cached per storage and
+    set of nodes.
+
+    Raises:
+        ConfigError: If some node cannot see the storage, naming ``storage=`` and
+            ``MLRUNTIME_STORAGE`` — before any worker starts.
+    """
+    global _probe
+    from mlruntime.store import storage
+
+    if not storage.is_local(uri):
+        return
+    ray = _ensure_ray()
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in get_nodes() if n.node_id != here and (n.num_cpus or n.num_gpus)]
+    if not others:
+        return
+    key = (uri, frozenset(n.node_id for n in others))
+    if key in _reachable:
+        return
+    import uuid
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if _probe is None:
+        _probe = ray.remote(num_cpus=0, max_retries=0)(_can_read)
+    token = uuid.uuid4().hex
+    path = storage.join(storage.resolve(uri)[1], f".mlruntime-probe-{token}")
+    storage.write_bytes(path, token.encode())
+    try:
+        seen = ray.get(
+            [
+                _probe.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)
+                ).remote(path, token)
+                for n in others
+            ],
+            timeout=120,
+        )
+    finally:
+        storage.remove(path)
+    blind = [n.address or n.node_id for n, ok in zip(others, seen, strict=True) if not ok]
+    if blind:
+        raise ConfigError(
+            f"the job's storage {uri!r} is a folder on the driver's machine, and the cluster's "
+            f"other node(s) {', '.join(blind)} cannot see it, so their workers could not read "
+            "data, write checkpoints or the model there. Choose storage every node reaches: "
+            "mlruntime.init(storage='s3://bucket/prefix') or MLRUNTIME_STORAGE=s3://... "
+            "(gs://, or a path on a shared NFS mount, work too)"
+        )
+    _reachable.add(key)
 
 
 def cluster_resources() -> dict[str, float]:

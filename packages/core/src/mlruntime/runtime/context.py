@@ -7,6 +7,7 @@ raises :class:`~mlruntime.errors.NotInWorkerError`.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -18,14 +19,14 @@ from typing import Any
 from mlruntime.data.worker import set_current_rank
 from mlruntime.errors import ConfigError, NotInWorkerError
 
-__all__ = ["Checkpoint", "Context", "RankInfo", "get_context"]
+__all__ = ["Checkpoint", "Context", "RankInfo", "get_context", "stored_checkpoints"]
 
 
 class Checkpoint:
     """A snapshot to resume from: a directory or a dict of (picklable) state.
 
-    Directory checkpoints travel as a tar archive, so they reach the driver (and a restarted
-    worker on any node) without shared storage.
+    Rank 0 writes a reported checkpoint into the job's storage itself (:meth:`publish`); the
+    driver and a restarted worker on any node read it from there (:meth:`from_uri`).
 
     Example:
         >>> ckpt = Checkpoint.from_dict({"round": 3})
@@ -33,10 +34,48 @@ class Checkpoint:
         3
     """
 
-    def __init__(self, *, data: dict[str, Any] | None = None, archive: bytes | None = None):
+    _kind = "dict"
+
+    def __init__(
+        self,
+        *,
+        data: dict[str, Any] | None = None,
+        archive: bytes | None = None,
+        uri: str | None = None,
+    ):
         self._data = data
         self._archive = archive
-        self.path: Path | None = None  # where the driver stored it, once stored
+        self._uri = uri
+        self.path: str | None = uri  # where it is stored in the job's storage, once stored
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Checkpoint:
+        """A checkpoint stored at ``uri`` (a folder :meth:`publish` wrote), read on first use,
+        on whichever node asks: only the location travels.
+
+        Raises:
+            ConfigError: If no complete checkpoint is stored there.
+        """
+        from mlruntime.store.storage import join, read_bytes
+
+        try:
+            meta = json.loads(read_bytes(join(uri, MARKER)))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"no complete checkpoint at {uri}") from exc
+        checkpoint = cls(uri=uri)
+        checkpoint._kind = meta.get("kind", "dict")
+        return checkpoint
+
+    def _load(self) -> None:
+        """Read a stored checkpoint's content (once)."""
+        if self._uri is None or self._data is not None or self._archive is not None:
+            return
+        from mlruntime.store.storage import join, read_bytes
+
+        if getattr(self, "_kind", "dict") == "dict":
+            self._data = pickle.loads(read_bytes(join(self._uri, "state.pkl")))
+        else:
+            self._archive = read_bytes(join(self._uri, "files.tar"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
@@ -68,6 +107,8 @@ class Checkpoint:
     @property
     def is_directory(self) -> bool:
         """Whether it was made from a directory."""
+        if self._uri is not None and self._data is None and self._archive is None:
+            return getattr(self, "_kind", "dict") == "directory"
         return self._archive is not None
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +117,7 @@ class Checkpoint:
         Raises:
             ConfigError: For a directory checkpoint.
         """
+        self._load()
         if self._data is None:
             raise ConfigError("this checkpoint holds a directory; use to_directory()")
         return self._data
@@ -85,6 +127,7 @@ class Checkpoint:
 
         A dict checkpoint is written as ``state.pkl``.
         """
+        self._load()
         target = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="ckpt-"))
         target.mkdir(parents=True, exist_ok=True)
         if self._archive is not None:
@@ -95,20 +138,81 @@ class Checkpoint:
                 pickle.dump(self._data, handle)
         return target
 
-    def store(self, folder: str | os.PathLike[str], name: str) -> Path:
-        """Write the checkpoint as the directory ``folder/name``, atomically (staged, then
-        renamed: a crash leaves no half-written checkpoint), and remember it as ``path``."""
-        from mlruntime.store.publish import new_staging, publish_dir
+    def publish(self, folder: str, index: int, keep: int = 0, protect: str | None = None) -> str:
+        """Store as ``folder/checkpoint_<index>`` in the job's storage (any URI), from the
+        process that made it; then drop all but the last ``keep`` checkpoints (0: keep all),
+        never ``protect`` (the one the running attempt resumed from: other ranks may still be
+        reading it).
 
-        staging = new_staging(folder, "checkpoint")
-        self.to_directory(staging)
-        self.path = publish_dir(staging, Path(folder) / name, replace=True)
-        return self.path
+        The checkpoint appears whole or not at all: on a local filesystem it is staged and
+        renamed into place; on an object store its marker file is written last and only
+        checkpoints with a marker are ever read. The previous one stays until this one is
+        complete.
+
+        Returns:
+            Its location.
+        """
+        from mlruntime.store import storage
+
+        self._load()
+        location = storage.join(folder, f"checkpoint_{index:06d}")
+        kind = "directory" if self._archive is not None else "dict"
+        if kind == "dict":
+            name, payload = "state.pkl", pickle.dumps(self._data)
+        else:
+            name, payload = "files.tar", bytes(self._archive or b"")
+        marker = json.dumps({"kind": kind, "index": index}).encode()
+        if storage.is_local(folder):
+            from mlruntime.store.publish import new_staging, publish_dir
+
+            staging = new_staging(folder, "checkpoint")
+            (staging / name).write_bytes(payload)
+            (staging / MARKER).write_bytes(marker)
+            publish_dir(staging, Path(location), replace=True)
+        else:
+            storage.remove(location)  # a half-written one from a crashed attempt
+            storage.write_bytes(storage.join(location, name), payload)
+            storage.write_bytes(storage.join(location, MARKER), marker)
+        self._uri = self.path = location
+        self._kind = kind
+        if keep > 0:
+            for old in stored_checkpoints(folder)[:-keep]:
+                if old != protect:
+                    storage.remove(old)
+        return location
 
     def __repr__(self) -> str:
         kind = "directory" if self.is_directory else "dict"
-        where = f", path={str(self.path)!r}" if self.path else ""
+        where = f", path={self.path!r}" if self.path else ""
         return f"Checkpoint({kind}{where})"
+
+
+MARKER = ".checkpoint.json"
+"""Written last into a stored checkpoint: its presence means the checkpoint is complete."""
+
+
+def stored_checkpoints(folder: str) -> list[str]:
+    """Locations of the complete checkpoints under ``folder``, oldest first."""
+    import pyarrow.fs as pafs
+
+    from mlruntime.store import storage
+
+    fs, path = storage.resolve(folder)
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    names = sorted(
+        e.base_name
+        for e in entries
+        if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")
+    )
+    complete = []
+    for name in names:
+        marker = fs.get_file_info(f"{path.rstrip('/')}/{name}/{MARKER}")
+        if marker.type == pafs.FileType.File:
+            complete.append(storage.join(folder, name))
+    return complete
 
 
 @dataclass(frozen=True)
@@ -138,6 +242,9 @@ class Context:
     model_dir: str = ""
     checkpoint: Checkpoint | None = None
     attempt: int = 0
+    checkpoint_dir: str = ""
+    checkpoint_index: int = 0
+    checkpoints_to_keep: int = 0
     reporter: Any = None
     backend_info: dict[str, Any] = field(default_factory=dict)
 
@@ -201,8 +308,8 @@ class Context:
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """Report metrics (rank 0's are kept as the job's) and optionally a checkpoint.
 
-        A checkpoint is stored by the driver before this returns, so a restart after it
-        resumes from it. Only rank 0's checkpoints are kept.
+        Rank 0 stores the checkpoint in the job's storage itself before this returns, so a
+        restart after it resumes from it (on any node). Only rank 0's checkpoints are kept.
 
         Raises:
             ConfigError: If ``metrics`` is not a dict or ``checkpoint`` is not a Checkpoint.
@@ -218,7 +325,15 @@ class Context:
             return
         import ray
 
-        ray.get(self.reporter.report.remote(dict(metrics), checkpoint))
+        location = None
+        if checkpoint is not None and self.checkpoint_dir:
+            # Written by this worker straight into the job's storage; only the location travels.
+            resumed = self.checkpoint.path if self.checkpoint is not None else None
+            location = checkpoint.publish(
+                self.checkpoint_dir, self.checkpoint_index, self.checkpoints_to_keep, resumed
+            )
+            self.checkpoint_index += 1
+        ray.get(self.reporter.report.remote(dict(metrics), location))
 
 
 _current: Context | None = None

@@ -14,11 +14,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, WorkerError
+from mlruntime.runtime.cluster import check_storage_reachable
 from mlruntime.runtime.context import Checkpoint, Context, RankInfo, get_context
 from mlruntime.runtime.progress import Progress
 from mlruntime.runtime.scaling import (
@@ -29,6 +29,7 @@ from mlruntime.runtime.scaling import (
     resolve_scaling,
 )
 from mlruntime.runtime.workers import RankFailure, WorkerGroup
+from mlruntime.store import storage
 
 __all__ = ["AttemptRecord", "Backend", "Distributor", "Result"]
 
@@ -116,7 +117,7 @@ def _entry(backend: Backend, fn: Callable[..., Any], env: list[dict[str, str]]) 
     """Runs on every rank: environment, backend set-up, the user function, tear-down."""
     context = get_context()
     os.environ.update(env[context.get_rank()])
-    Path(context.get_model_dir()).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(context.get_model_dir())
     backend.setup(context)
     try:
         return fn()
@@ -195,7 +196,8 @@ class Distributor:
     Args:
         scaling_config: Job shape (default: auto), in all or per node.
         failure_config: Restarts allowed when a worker process dies (default: none).
-        verbose: Print phases, rank 0's metrics and a timing summary.
+        verbose: Show a progress bar of rank 0's reports and a summary line.
+        checkpoints_to_keep: Stored checkpoints kept per run, newest first (0: all).
     """
 
     backend: Backend = Backend()
@@ -207,7 +209,13 @@ class Distributor:
         failure_config: FailureConfig | None = None,
         *,
         verbose: bool = True,
+        checkpoints_to_keep: int = 2,
     ) -> None:
+        if isinstance(checkpoints_to_keep, bool) or int(checkpoints_to_keep) < 0:
+            raise ConfigError(
+                f"checkpoints_to_keep must be >= 0 (0: all), got {checkpoints_to_keep!r}"
+            )
+        self.checkpoints_to_keep = int(checkpoints_to_keep)
         if scaling_config is not None and not isinstance(
             scaling_config, (ScalingConfig, NodeScalingConfig)
         ):
@@ -301,14 +309,15 @@ class Distributor:
                 _check_sendable(f"dataset_map[{name!r}]", value)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
-        run_dir = Path(artifact_location) if artifact_location else _default_run_dir(self.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        model_dir = str(run_dir / "model")
-        checkpoint_dir = run_dir / "checkpoints"
+        run_dir = os.fspath(artifact_location) if artifact_location else _default_run_dir(self.name)
+        check_storage_reachable(run_dir)
+        storage.makedirs(run_dir)
+        model_dir = storage.join(run_dir, "model")
+        checkpoint_dir = storage.join(run_dir, "checkpoints")
         per_rank = _shard_datasets(datasets, scaling.num_workers, equal_shards)
         key = (scaling, type(self.backend).__qualname__)
         attempts: list[AttemptRecord] = []
-        checkpoint: Checkpoint | None = None
+        checkpoint: str | None = None
         attempt = stored = 0
         while True:
             progress.phase("place")
@@ -316,14 +325,17 @@ class Distributor:
             import ray
 
             try:
-                ray.get(group.state.reset.remote(checkpoint, str(checkpoint_dir), stored))
+                ray.get(group.state.reset.remote(checkpoint))
                 backend_info = self.backend.driver_setup(group)
                 contexts = group.contexts(
                     backend_info=backend_info,
                     hyper_params=params,
                     model_dir=model_dir,
-                    checkpoint=checkpoint,
+                    checkpoint=None if checkpoint is None else Checkpoint.from_uri(checkpoint),
                     attempt=attempt,
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_index=stored,
+                    checkpoints_to_keep=self.checkpoints_to_keep,
                     dataset_maps=per_rank,
                 )
                 envs = [
@@ -395,12 +407,12 @@ class Distributor:
                 raise
             _release(group, key, self.backend.reuse_workers)
             break
-        location = str(last.path) if last is not None and last.path is not None else None
+        location = last
         timings = progress.finish()
         return Result(
             metrics=history[-1] if history else {},
             metrics_history=history,
-            checkpoint=last,
+            checkpoint=None if last is None else Checkpoint.from_uri(last),
             return_values=values,
             model_dir=model_dir,
             checkpoint_location=location,
@@ -420,11 +432,9 @@ def _abandon(group: WorkerGroup, backend: Backend) -> None:
             pass
 
 
-def _default_run_dir(name: str) -> Path:
-    from mlruntime.store.storage import mlruntime_home
-
+def _default_run_dir(name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return mlruntime_home() / "runs" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return storage.join(storage.storage_uri(), "runs", f"{name}-{stamp}-{uuid.uuid4().hex[:6]}")
 
 
 def _check_callable(fn: Any) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlruntime.errors import ResourceError, WorkerError
-from mlruntime.runtime.context import Checkpoint, Context, RankInfo, _set_context
+from mlruntime.runtime.context import Context, RankInfo, _set_context
 from mlruntime.runtime.scaling import ResolvedScaling
 
 __all__ = ["RankFailure", "WorkerGroup"]
@@ -147,36 +147,24 @@ class _Worker:
 
 
 class _JobState:
-    """A zero-CPU actor on the driver's node holding a job's reports: rank 0's metrics and
-    phases, and its last checkpoint, which it writes under the job's checkpoint folder as it
-    arrives (before ``report`` returns). It outlives the workers' failures within an attempt, so
-    a restart finds the last checkpoint here or on disk."""
+    """A zero-CPU actor holding a job's reports: rank 0's metrics and phases, and the location
+    of its last stored checkpoint (rank 0 writes checkpoints into the job's storage itself).
+    It outlives the workers' failures within an attempt, so a restart finds the checkpoint."""
 
     def __init__(self) -> None:
         self.reset()
 
-    def reset(
-        self,
-        checkpoint: Checkpoint | None = None,
-        folder: str | None = None,
-        stored_before: int = 0,
-    ) -> None:
-        """Start a job (or an attempt): checkpoints go to ``folder`` as ``checkpoint_NNNNNN``,
-        numbered on from ``stored_before``."""
+    def reset(self, checkpoint: str | None = None) -> None:
+        """Start a job (or an attempt), resuming from the checkpoint at ``checkpoint``."""
         self.history: list[dict[str, Any]] = []
         self.events: list[tuple[str, Any]] = []
         self.checkpoint = checkpoint
         self.checkpoints_reported = 0
-        self.folder = folder
-        self.stored_before = stored_before
 
-    def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         self.history.append(metrics)
         self.events.append(("metrics", metrics))
         if checkpoint is not None:
-            if self.folder is not None:
-                index = self.stored_before + self.checkpoints_reported
-                checkpoint.store(self.folder, f"checkpoint_{index:06d}")
             self.checkpoint = checkpoint
             self.checkpoints_reported += 1
 
@@ -186,7 +174,7 @@ class _JobState:
     def poll(self, since: int) -> list[tuple[str, Any]]:
         return self.events[since:]
 
-    def snapshot(self) -> tuple[list[dict[str, Any]], Checkpoint | None, int]:
+    def snapshot(self) -> tuple[list[dict[str, Any]], str | None, int]:
         return self.history, self.checkpoint, self.checkpoints_reported
 
 
@@ -247,7 +235,7 @@ class WorkerGroup:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        # On the driver's node: the checkpoints it writes land on the driver's filesystem.
+        # On the driver's node, so it outlives worker nodes that go away (it holds no data).
         self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
         try:
             self._place(ray, remove_placement_group, PlacementGroupSchedulingStrategy)

@@ -1,12 +1,40 @@
-"""Where mlruntime keeps its files: ``MLRUNTIME_HOME`` (default ``~/.mlruntime``) holds the
-warehouse, datasets, run folders and sink staging."""
+"""Where mlruntime keeps its files.
+
+``MLRUNTIME_HOME`` (default ``~/.mlruntime``) is this machine's folder (the warehouse file).
+The **storage** is where everything the nodes of a job share lives (run folders, model dirs,
+checkpoints): ``mlruntime.init(storage=URI)`` or ``MLRUNTIME_STORAGE``, any pyarrow filesystem
+URI (``s3://bucket/prefix``, ``gs://...``, a path on NFS); by default ``MLRUNTIME_HOME``, which
+is enough on one machine. Workers read and write it themselves: nothing is relayed through the
+driver. These helpers take URIs or local paths alike.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
+from typing import Any
 
-__all__ = ["HOME_ENV", "WRITE_MODES", "mlruntime_home"]
+__all__ = [
+    "HOME_ENV",
+    "STORAGE_ENV",
+    "WRITE_MODES",
+    "is_local",
+    "join",
+    "makedirs",
+    "mlruntime_home",
+    "read_bytes",
+    "remove",
+    "resolve",
+    "set_storage",
+    "storage_uri",
+    "write_bytes",
+]
+
+STORAGE_ENV = "MLRUNTIME_STORAGE"
+"""Environment variable naming the storage URI that every node of a job can reach."""
+
+_storage: str | None = None
 
 WRITE_MODES = ("error", "overwrite", "append")
 """How a write treats an existing target: fail, replace it, or add to it."""
@@ -20,3 +48,83 @@ def mlruntime_home() -> Path:
     home = Path(os.environ.get(HOME_ENV) or "~/.mlruntime").expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def set_storage(uri: str | os.PathLike[str] | None) -> None:
+    """Use ``uri`` as the storage of this process (``None``: back to ``MLRUNTIME_STORAGE`` or
+    ``MLRUNTIME_HOME``). ``mlruntime.init(storage=...)`` calls this."""
+    global _storage
+    _storage = None if uri is None else os.fspath(uri)
+
+
+def storage_uri() -> str:
+    """The storage: ``init(storage=...)``, else ``MLRUNTIME_STORAGE``, else ``MLRUNTIME_HOME``."""
+    return _storage or os.environ.get(STORAGE_ENV) or str(mlruntime_home())
+
+
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` is a path of this machine's filesystem (``file://`` or no scheme)."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def resolve(uri: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path inside it)`` for a URI or a local path."""
+    import pyarrow.fs as pafs
+
+    if is_local(uri):
+        path = uri.removeprefix("file://")
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with ``parts`` appended (``/``-separated whatever the scheme)."""
+    if is_local(uri):
+        return os.path.join(uri, *parts)
+    return posixpath.join(uri.rstrip("/"), *parts)
+
+
+def makedirs(uri: str) -> None:
+    """Create the folder ``uri`` and its parents (a no-op on object stores that have none)."""
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one file."""
+    fs, path = resolve(uri)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read one file.
+
+    Raises:
+        FileNotFoundError: If it does not exist.
+    """
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as handle:
+            return bytes(handle.read())
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if "not" in str(exc).lower() and "found" in str(exc).lower():
+            raise FileNotFoundError(uri) from exc
+        raise
+
+
+def remove(uri: str) -> None:
+    """Delete a folder (recursively) or a file; missing is fine."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)

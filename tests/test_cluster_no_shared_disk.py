@@ -1,0 +1,369 @@
+"""Jobs on a real Ray cluster whose nodes share no filesystem, with storage on S3.
+
+The cluster is started with ``ray start`` (token auth): a head at 127.0.0.2 that hosts no
+workers (like a cluster's coordinator), and two worker nodes at 127.0.0.3 and 127.0.0.4, each in
+its own mount namespace with a fresh tmpfs over /tmp, so they cannot see the driver's files
+(its MLRUNTIME_HOME, the test's tmp_path). S3 is a moto server on loopback. Each test runs its
+driver in a subprocess connected to that cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RAY = Path(sys.executable).parent / "ray"
+HEAD_IP, NODE_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux"
+    or os.geteuid() != 0
+    or shutil.which("unshare") is None
+    or shutil.which("ip") is None,
+    reason="needs Linux, root, unshare(1) (a mount namespace per node) and ip(8)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    from moto.server import ThreadedMotoServer
+
+    s3_port = _free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
+    moto.start()
+    tag = f"/tmp/mlrt-cluster-{uuid.uuid4().hex[:8]}"  # in every process's command line
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLRUNTIME_QUIET": "1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    token = (
+        subprocess.run(
+            [str(RAY), "get-auth-token", "--generate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    env["RAY_AUTH_TOKEN"] = token
+    port = _free_port()
+    # Give the nodes' addresses to the loopback interface, as a real node's address is on one
+    # of its interfaces: LightGBM finds its own rank in the machine list by its interfaces'
+    # addresses (127.0.0.3 routes over lo without this, but is not listed on it).
+    added = []
+    for ip in NODE_IPS:
+        done = subprocess.run(
+            ["ip", "addr", "add", f"{ip}/32", "dev", "lo"], capture_output=True, check=False
+        )
+        if done.returncode == 0:
+            added.append(ip)
+    try:
+        subprocess.run(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                f"--node-ip-address={HEAD_IP}",
+                f"--port={port}",
+                "--num-cpus=0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={tag}/head",
+                f"--ray-client-server-port={_free_port()}",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        for ip in NODE_IPS:
+            start = (
+                f"mount -t tmpfs tmpfs /tmp && mkdir -p {tag} && exec {RAY} start "
+                f"--address={HEAD_IP}:{port} --node-ip-address={ip} --num-cpus=1 "
+                f"--disable-usage-stats --temp-dir={tag}/{ip}"
+            )
+            subprocess.run(
+                ["unshare", "-m", "bash", "-c", start],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="jobs")
+        yield {**env, "MLRUNTIME_TEST_ADDRESS": f"{HEAD_IP}:{port}"}
+    finally:
+        subprocess.run(["pkill", "-9", "-f", tag], check=False)
+        for ip in added:
+            subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], check=False)
+        moto.stop()
+
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    import numpy as np
+    import pyarrow as pa, pyarrow.parquet as pq
+    import mlruntime
+    from mlruntime import DataConnector, Distributor, FailureConfig, ScalingConfig
+    from mlruntime import WorkerResourceConfig, get_context
+    from mlruntime.errors import ConfigError
+
+    mlruntime.init(os.environ["MLRUNTIME_TEST_ADDRESS"], _node_ip_address="127.0.0.2")
+    TWO = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+
+    def write_s3_parquet(prefix, rows=4000, files=4):
+        per = rows // files
+        rng = np.random.default_rng(0)
+        for i in range(files):
+            ids = np.arange(i * per, (i + 1) * per)
+            x = rng.random((per, 3)).astype(np.float32)
+            table = pa.table({"id": ids, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+                              "y": x @ np.array([1.0, 2.0, -1.0], dtype=np.float32)})
+            pq.write_table(table, f"{prefix}/part-{i}.parquet")
+        return rows
+
+    def emit(**result):
+        print("RESULT" + json.dumps(result), flush=True)
+    """
+)
+
+
+def _drive(cluster: dict[str, str], tmp_path: Path, body: str) -> dict[str, object]:
+    script = tmp_path / "driver.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    env = {**cluster, "MLRUNTIME_HOME": str(tmp_path / "home")}  # driver-local: nodes can't see
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return dict(json.loads(lines[-1].removeprefix("RESULT")))
+
+
+def test_local_storage_fails_fast_with_a_clear_error(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        try:
+            Distributor(TWO, verbose=False).run(lambda: 1)
+            emit(error=None)
+        except ConfigError as exc:
+            emit(error=str(exc))
+        """,
+    )
+    error = str(result["error"])
+    assert "storage" in error and "MLRUNTIME_STORAGE" in error
+    assert "127.0.0.3" in error and "127.0.0.4" in error
+
+
+def test_s3_data_is_read_by_ranks_on_both_nodes_every_row_once(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        mlruntime.init(storage="s3://jobs/read-test")
+        rows = write_s3_parquet("s3://jobs/data-read")
+
+        def read_shard():
+            ctx = get_context()
+            ids = [int(i) for b in ctx.get_dataset_map()["data"].to_batches(500, False)
+                   for i in b["id"]]
+            return {"node": ctx.rank_info.node_ip, "ids": ids}
+
+        out = Distributor(TWO, verbose=False).run(
+            read_shard, dataset_map={"data": DataConnector.from_sources("s3://jobs/data-read")}
+        ).return_values
+        emit(rows=rows, nodes=[o["node"] for o in out], ids=[i for o in out for i in o["ids"]])
+        """,
+    )
+    assert sorted(result["nodes"]) == list(NODE_IPS)  # type: ignore[arg-type]
+    assert sorted(result["ids"]) == list(range(int(result["rows"])))  # type: ignore[arg-type]
+
+
+def test_xgboost_trains_across_both_nodes_from_s3(cluster: dict[str, str], tmp_path: Path) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        from mlruntime_xgboost import XGBEstimator, XGBScalingConfig
+
+        mlruntime.init(storage="s3://jobs/xgb")
+        write_s3_parquet("s3://jobs/data-xgb")
+        est = XGBEstimator(n_estimators=15, params={"max_depth": 3},
+                           scaling_config=XGBScalingConfig(2, 1), verbose=False)
+        est.fit(DataConnector.from_sources("s3://jobs/data-xgb"), ["a", "b", "c"], "y")
+        rmse = est.get_eval_results()["train"]["rmse"]
+        emit(rounds=est.get_booster().num_boosted_rounds(), first=rmse[0], last=rmse[-1],
+             ranks=len(est.last_result.return_values),
+             model_dir=est.last_result.get_model_dir())
+        """,
+    )
+    assert result["rounds"] == 15 and result["ranks"] == 2
+    assert float(result["last"]) < 0.5 * float(result["first"])  # type: ignore[arg-type]
+    assert str(result["model_dir"]).startswith("s3://jobs/xgb/runs/")
+
+
+def test_killed_worker_resumes_from_a_checkpoint_the_remote_node_wrote(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        mlruntime.init(storage="s3://jobs/resume")
+
+        def train():
+            ctx = get_context()
+            start = ctx.get_checkpoint().to_dict()["step"] + 1 if ctx.get_checkpoint() else 0
+            for step in range(start, 6):
+                ctx.report({"step": step, "node": ctx.rank_info.node_ip},
+                           checkpoint=mlruntime.Checkpoint.from_dict({"step": step}))
+                if step == 3 and ctx.get_attempt() == 0 and ctx.get_rank() == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies
+            return start
+
+        result = Distributor(TWO, FailureConfig(max_failures=1), verbose=False).run(train)
+        emit(starts=result.return_values, attempts=len(result.attempts),
+             location=result.get_checkpoint_location(),
+             last=result.get_checkpoint().to_dict(), writer=result.get_metrics()["node"])
+        """,
+    )
+    assert result["attempts"] == 1
+    assert result["starts"] == [4, 4]  # resumed after the checkpoint of step 3
+    assert str(result["location"]).startswith("s3://jobs/resume/runs/")
+    assert result["last"] == {"step": 5}
+    assert result["writer"] in NODE_IPS  # rank 0 ran, and stored its checkpoints, remotely
+
+
+def test_pytorch_ddp_across_both_nodes(cluster: dict[str, str], tmp_path: Path) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        from mlruntime_pytorch import PyTorchDistributor, PyTorchScalingConfig
+
+        mlruntime.init(storage="s3://jobs/torch")
+        write_s3_parquet("s3://jobs/data-torch")
+
+        def train():
+            import torch
+            import torch.distributed as dist
+            ctx = get_context()
+            data = ctx.get_dataset_map()["data"].to_torch_dataset(
+                batch_size=256, drop_last_batch=False
+            )
+            rows = sum(len(b["id"]) for b in data)
+            total = torch.tensor([rows])
+            dist.all_reduce(total)
+            return {"node": ctx.rank_info.node_ip, "rows": rows, "total": int(total)}
+
+        scaling = PyTorchScalingConfig(2, 1, WorkerResourceConfig(num_cpus=1, num_gpus=0))
+        out = PyTorchDistributor(train, scaling, verbose=False).run(
+            dataset_map={"data": DataConnector.from_sources("s3://jobs/data-torch")}
+        ).return_values
+        emit(out=out)
+        """,
+    )
+    out = result["out"]
+    assert sorted(o["node"] for o in out) == list(NODE_IPS)  # type: ignore[union-attr]
+    assert {o["total"] for o in out} == {4000}  # type: ignore[union-attr]
+
+
+def test_lightgbm_trains_across_both_nodes_from_s3(cluster: dict[str, str], tmp_path: Path) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        from mlruntime_lightgbm import LightGBMEstimator, LightGBMScalingConfig
+
+        mlruntime.init(storage="s3://jobs/lgbm")
+        write_s3_parquet("s3://jobs/data-lgbm")
+        est = LightGBMEstimator(n_estimators=15, params={"num_leaves": 7},
+                                scaling_config=LightGBMScalingConfig(2, 1), verbose=False)
+        est.fit(DataConnector.from_sources("s3://jobs/data-lgbm"), ["a", "b", "c"], "y")
+        l2 = est.get_eval_results()["train"]["l2"]
+        emit(first=l2[0], last=l2[-1], ranks=len(est.last_result.return_values))
+        """,
+    )
+    assert result["ranks"] == 2
+    assert float(result["last"]) < 0.5 * float(result["first"])  # type: ignore[arg-type]
+
+
+def test_tensorflow_multi_worker_across_both_nodes(cluster: dict[str, str], tmp_path: Path) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        from mlruntime_tensorflow import TensorFlowDistributor, TFScalingConfig
+
+        mlruntime.init(storage="s3://jobs/tf")
+        write_s3_parquet("s3://jobs/data-tf")
+
+        def train():
+            import tensorflow as tf
+            ctx = get_context()
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            rows = ctx.get_dataset_map()["data"].count_rows()
+            total = strategy.reduce(
+                tf.distribute.ReduceOp.SUM,
+                strategy.run(lambda: tf.constant(float(rows))),
+                axis=None,
+            )
+            return {"node": ctx.rank_info.node_ip, "total": float(total),
+                    "cluster": json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"]}
+
+        scaling = TFScalingConfig(2, 1, WorkerResourceConfig(num_cpus=1, num_gpus=0))
+        out = TensorFlowDistributor(train, scaling, verbose=False).run(
+            dataset_map={"data": DataConnector.from_sources("s3://jobs/data-tf")}
+        ).return_values
+        emit(out=out)
+        """,
+    )
+    out = result["out"]
+    assert sorted(o["node"] for o in out) == list(NODE_IPS)  # type: ignore[union-attr]
+    assert {o["total"] for o in out} == {4000.0}  # type: ignore[union-attr]
+    workers = out[0]["cluster"]  # type: ignore[index]
+    assert sorted(w.split(":")[0] for w in workers) == list(NODE_IPS)
