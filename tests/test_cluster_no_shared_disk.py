@@ -126,6 +126,7 @@ def cluster() -> Iterator[dict[str, str]]:
         yield {**env, "MLRUNTIME_TEST_ADDRESS": f"{HEAD_IP}:{port}"}
     finally:
         subprocess.run(["pkill", "-9", "-f", tag], check=False)
+        shutil.rmtree(tag, ignore_errors=True)
         for ip in added:
             subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"], check=False)
         moto.stop()
@@ -221,6 +222,39 @@ def test_s3_data_is_read_by_ranks_on_both_nodes_every_row_once(
     )
     assert sorted(result["nodes"]) == list(NODE_IPS)  # type: ignore[arg-type]
     assert sorted(result["ids"]) == list(range(int(result["rows"])))  # type: ignore[arg-type]
+
+
+def test_a_dataset_the_driver_creates_on_s3_is_read_by_ranks_on_both_nodes(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        import pandas as pd
+
+        mlruntime.init(storage="s3://jobs/datasets-test")
+        frame = pd.DataFrame({"id": np.arange(3000), "x": np.arange(3000) * 0.5})
+        ds = mlruntime.create_from_dataframe("trips", "v1", frame)
+
+        def read_shard():
+            ctx = get_context()
+            ids = [int(i) for b in ctx.get_dataset_map()["data"].to_batches(500, False)
+                   for i in b["id"]]
+            return {"node": ctx.rank_info.node_ip, "ids": ids}
+
+        out = Distributor(TWO, verbose=False).run(
+            read_shard, dataset_map={"data": DataConnector.from_dataset("trips", "v1")}
+        ).return_values
+        ds.verify()
+        emit(path=ds.path, versions=mlruntime.list_versions("trips"),
+             nodes=[o["node"] for o in out], ids=[i for o in out for i in o["ids"]])
+        """,
+    )
+    assert str(result["path"]) == "s3://jobs/datasets-test/datasets/trips/v1"
+    assert result["versions"] == ["v1"]
+    assert sorted(result["nodes"]) == list(NODE_IPS)  # type: ignore[arg-type]
+    assert sorted(result["ids"]) == list(range(3000))  # type: ignore[arg-type]
 
 
 def test_xgboost_trains_across_both_nodes_from_s3(cluster: dict[str, str], tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ def test_versions_are_immutable(home: Path) -> None:
 
 def test_tampered_file_fails_verification(home: Path) -> None:
     ds = mlruntime.create_from_dataframe("d", "1", sample_table(0, 50))
-    ds.files[0].write_bytes(ds.files[0].read_bytes()[:-10] + b"0123456789")
+    first = Path(ds.files[0])
+    first.write_bytes(first.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(DataError, match="does not match its checksum"):
         ds.verify()
 

@@ -1,8 +1,12 @@
 """Versioned datasets: a name and immutable versions, each a folder of Parquet files + manifest.
 
-Layout: ``$MLRUNTIME_HOME/datasets/<name>/<version>/{part-*.parquet, manifest.json}``. A version
-is written into a hidden staging folder and appears by one atomic rename, so a crash leaves no
-visible version and two creators of one version cannot both succeed.
+Layout: ``<storage>/datasets/<name>/<version>/{part-*.parquet, manifest.json}`` under the job
+storage (``mlruntime.init(storage=...)``; by default ``MLRUNTIME_HOME``), so every node of a
+cluster reads the same versions. A version is visible only once its manifest exists. On a local
+filesystem it is written into a hidden staging folder and appears by one atomic rename, so a
+crash leaves no visible version and two creators of one version cannot both succeed; on an
+object store its parts are written in place (named per writer) and the manifest, written last,
+publishes it.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import pyarrow.parquet as pq
 from mlruntime.__about__ import __version__
 from mlruntime.data.sources import ParquetSource
 from mlruntime.errors import ConfigError, DataError, DatasetExistsError, DatasetNotFoundError
+from mlruntime.store import storage
 from mlruntime.store.publish import fsync_dir, new_staging, publish_dir
-from mlruntime.store.storage import mlruntime_home
 
 __all__ = [
     "Dataset",
@@ -46,11 +50,27 @@ ROW_GROUP_ROWS = 131_072
 STALE_STAGING_SECONDS = 6 * 3600
 
 
-def datasets_root() -> Path:
-    """``$MLRUNTIME_HOME/datasets``."""
-    root = mlruntime_home() / "datasets"
-    root.mkdir(parents=True, exist_ok=True)
+def datasets_root() -> str:
+    """``<storage>/datasets`` (a local path or a URI), created if missing."""
+    root = storage.join(storage.storage_uri(), "datasets")
+    storage.makedirs(root)
     return root
+
+
+def _manifest(path: str) -> dict[str, Any] | None:
+    """The manifest of the version folder ``path``, or ``None`` if it has none (yet)."""
+    try:
+        return dict(json.loads(storage.read_bytes(storage.join(path, MANIFEST))))
+    except FileNotFoundError:
+        return None
+
+
+def _subfolders(uri: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(uri)
+    entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return [e.base_name for e in entries if e.type == pafs.FileType.Directory]
 
 
 def validate_name(value: str, what: str) -> str:
@@ -74,14 +94,14 @@ class Dataset:
     Attributes:
         name: Dataset name.
         version: Version string.
-        path: Its folder.
+        path: Its folder (a local path or a URI in the storage).
         manifest: The parsed manifest (schema, num_rows, files with checksums, origin,
             created_at, mlruntime version).
     """
 
     name: str
     version: str
-    path: Path
+    path: str
     manifest: dict[str, Any]
 
     @property
@@ -95,13 +115,13 @@ class Dataset:
         return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.manifest["schema"])))
 
     @property
-    def files(self) -> list[Path]:
-        """The Parquet files, in order."""
-        return [self.path / f["name"] for f in self.manifest["files"]]
+    def files(self) -> list[str]:
+        """The Parquet files (local paths or URIs), in order."""
+        return [storage.join(self.path, f["name"]) for f in self.manifest["files"]]
 
     def to_source(self) -> ParquetSource:
-        """A source over the version's files."""
-        return ParquetSource([str(f) for f in self.files])
+        """A source over the version's files (each worker reads its part from storage)."""
+        return ParquetSource(self.files)
 
     def verify(self) -> None:
         """Check every file's size and SHA-256 against the manifest.
@@ -110,10 +130,14 @@ class Dataset:
             DataError: If a file is missing or changed.
         """
         for entry in self.manifest["files"]:
-            path = self.path / entry["name"]
-            if not path.exists():
-                raise DataError(f"dataset {self.name}/{self.version}: {entry['name']} is missing")
-            if _sha256(path) != entry["sha256"]:
+            path = storage.join(self.path, entry["name"])
+            try:
+                digest = _sha256(path)
+            except FileNotFoundError:
+                raise DataError(
+                    f"dataset {self.name}/{self.version}: {entry['name']} is missing"
+                ) from None
+            if digest != entry["sha256"]:
                 raise DataError(
                     f"dataset {self.name}/{self.version}: {entry['name']} does not match its "
                     "checksum (the version was modified after creation)"
@@ -123,31 +147,49 @@ class Dataset:
         return f"Dataset({self.name!r}, version={self.version!r}, rows={self.num_rows})"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str) -> str:
+    import pyarrow.fs as pafs
+
+    fs, inner = storage.resolve(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        raise FileNotFoundError(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with fs.open_input_stream(inner) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 class VersionWriter:
-    """Stages one version's Parquet parts; :meth:`commit` publishes it with one rename."""
+    """Stages one version's Parquet parts; :meth:`commit` publishes it (one rename on a local
+    filesystem, the manifest written last on an object store)."""
 
     def __init__(self, name: str, version: str) -> None:
         self.name = validate_name(name, "dataset name")
         self.version = validate_name(version, "dataset version")
-        self.parent = datasets_root() / name
-        self.parent.mkdir(parents=True, exist_ok=True)
-        self.final = self.parent / version
-        if self.final.exists():
+        root = datasets_root()
+        self.final = storage.join(root, name, version)
+        self.local = storage.is_local(root)
+        if _manifest(self.final) is not None:
             raise DatasetExistsError(
                 f"dataset {name!r} version {version!r} already exists; versions are immutable, "
                 "create a new version"
             )
-        _remove_stale_staging(self.parent)
-        self.staging = new_staging(self.parent, version)
+        self.tag = uuid.uuid4().hex[:8]
+        if self.local:
+            parent = Path(root) / name
+            parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(parent)
+            self.staging = str(new_staging(parent, version))
+        else:
+            self.staging = self.final  # parts in place; invisible until the manifest exists
+        self.fs, self._staging_path = storage.resolve(self.staging)
+        self.fs.create_dir(self._staging_path, recursive=True)
         self.schema: pa.Schema | None = None
+        self._parts: list[str] = []
+
+    def _part_name(self, part: int) -> str:
+        return f"part-{part:05d}.parquet" if self.local else f"part-{part:05d}-{self.tag}.parquet"
 
     def write_part(self, table: pa.Table, part: int) -> None:
         """Write one part file (parts are ordered by number)."""
@@ -155,31 +197,44 @@ class VersionWriter:
             self.schema = table.schema
         elif not table.schema.equals(self.schema, check_metadata=False):
             raise DataError(f"part {part} has schema {table.schema}, expected {self.schema}")
-        path = self.staging / f"part-{part:05d}.parquet"
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS)
+        name = self._part_name(part)
+        path = f"{self._staging_path}/{name}"
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, filesystem=self.fs)
+        self._parts.append(name)
+
+    def add_file(self, path: str | os.PathLike[str], part: int) -> None:
+        """Add an already written Parquet file as part ``part`` (moved when on this machine)."""
+        if self.local:
+            name = self._part_name(part)
+            os.rename(path, os.path.join(self.staging, name))
+            self._parts.append(name)
+        else:
+            self.write_part(pq.read_table(path), part)
 
     def commit(self, origin: str) -> Dataset:
-        """Write the manifest and rename the staging folder into place.
+        """Write the manifest and publish the version.
 
         Raises:
             DatasetExistsError: If another writer published the same version first.
         """
         files, rows = [], 0
-        for path in sorted(self.staging.glob("part-*.parquet")):
-            meta = pq.read_metadata(path)
+        for name in sorted(self._parts):
+            path = f"{self._staging_path}/{name}"
+            meta = pq.read_metadata(path, filesystem=self.fs)
             rows += meta.num_rows
             if self.schema is None:
                 self.schema = meta.schema.to_arrow_schema()
             files.append(
                 {
-                    "name": path.name,
+                    "name": name,
                     "rows": meta.num_rows,
-                    "bytes": path.stat().st_size,
-                    "sha256": _sha256(path),
+                    "bytes": self.fs.get_file_info(path).size,
+                    "sha256": _sha256(storage.join(self.staging, name)),
                 }
             )
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            if self.local:
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
         if self.schema is None:
             raise DataError("a dataset version needs a schema; no part was written")
         manifest = {
@@ -193,22 +248,38 @@ class VersionWriter:
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "mlruntime_version": __version__,
         }
-        with open(self.staging / MANIFEST, "w") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_dir(self.staging)
-        try:
-            publish_dir(self.staging, self.final, replace=False)
-        except FileExistsError as exc:
-            raise DatasetExistsError(
-                f"dataset {self.name!r} version {self.version!r} was created by another writer"
-            ) from exc
+        payload = json.dumps(manifest, indent=2).encode()
+        if self.local:
+            with open(os.path.join(self.staging, MANIFEST), "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_dir(self.staging)
+            try:
+                publish_dir(Path(self.staging), Path(self.final), replace=False)
+            except FileExistsError as exc:
+                raise DatasetExistsError(
+                    f"dataset {self.name!r} version {self.version!r} was created by another writer"
+                ) from exc
+        else:
+            if _manifest(self.final) is not None:
+                self.abort()
+                raise DatasetExistsError(
+                    f"dataset {self.name!r} version {self.version!r} was created by another writer"
+                )
+            storage.write_bytes(storage.join(self.final, MANIFEST), payload)
         return Dataset(self.name, self.version, self.final, manifest)
 
     def abort(self) -> None:
-        """Remove the staged files."""
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove the staged files (on an object store: this writer's parts)."""
+        if self.local:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        for name in self._parts:
+            try:
+                self.fs.delete_file(f"{self._staging_path}/{name}")
+            except OSError:
+                pass
 
 
 def _remove_stale_staging(parent: Path) -> None:
@@ -286,10 +357,10 @@ def load_dataset(name: str, version: str | None = None) -> Dataset:
             )
         version = versions[-1]
     validate_name(version, "dataset version")
-    path = datasets_root() / name / version
-    manifest_path = path / MANIFEST
-    if not manifest_path.exists():
-        if not (datasets_root() / name).exists():
+    path = storage.join(datasets_root(), name, version)
+    manifest = _manifest(path)
+    if manifest is None:
+        if not list_versions(name):
             raise DatasetNotFoundError(
                 f"dataset {name!r} does not exist; datasets: {list_datasets() or 'none'}"
             )
@@ -297,30 +368,26 @@ def load_dataset(name: str, version: str | None = None) -> Dataset:
             f"dataset {name!r} has no version {version!r}; versions: "
             f"{list_versions(name) or 'none'}"
         )
-    with open(manifest_path) as handle:
-        manifest = json.load(handle)
     return Dataset(name, version, path, manifest)
 
 
 def list_datasets() -> list[str]:
     """Names of datasets with at least one version."""
-    root = datasets_root()
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and list_versions(p.name))
+    names = [n for n in _subfolders(datasets_root()) if not n.startswith(".")]
+    return sorted(n for n in names if _NAME_RE.match(n) and list_versions(n))
 
 
 def list_versions(name: str) -> list[str]:
     """Versions of a dataset, oldest first (by creation time)."""
     validate_name(name, "dataset name")
-    folder = datasets_root() / name
-    if not folder.is_dir():
-        return []
+    folder = storage.join(datasets_root(), name)
     found = []
-    for entry in folder.iterdir():
-        manifest = entry / MANIFEST
-        if entry.name.startswith(".") or not manifest.exists():
+    for entry in _subfolders(folder):
+        if entry.startswith("."):
             continue
-        with open(manifest) as handle:
-            found.append((json.load(handle).get("created_at", ""), entry.name))
+        manifest = _manifest(storage.join(folder, entry))
+        if manifest is not None:
+            found.append((manifest.get("created_at", ""), entry))
     return [v for _, v in sorted(found)]
 
 
@@ -331,6 +398,10 @@ def delete_version(name: str, version: str) -> None:
         DatasetNotFoundError: If it does not exist.
     """
     dataset = load_dataset(name, version)
-    trash = dataset.path.parent / f".deleting-{version}-{uuid.uuid4().hex}"
-    os.rename(dataset.path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if storage.is_local(dataset.path):
+        trash = Path(dataset.path).parent / f".deleting-{version}-{uuid.uuid4().hex}"
+        os.rename(dataset.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    storage.remove(storage.join(dataset.path, MANIFEST))  # invisible from here on
+    storage.remove(dataset.path)

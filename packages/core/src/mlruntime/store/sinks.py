@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlruntime.errors import ConfigError, DatasetExistsError, SourceError
+from mlruntime.errors import ConfigError, DatasetExistsError, DatasetNotFoundError, SourceError
 from mlruntime.store.publish import new_staging, publish_dir
 from mlruntime.store.session import Session, quote_identifier
 from mlruntime.store.storage import WRITE_MODES, mlruntime_home
@@ -248,12 +248,13 @@ class DatasetSink(Sink):
         return f"DatasetSink({self.name!r}, {self.version!r})"
 
     def _check(self) -> None:
-        from mlruntime.store.datasets import datasets_root
+        from mlruntime.store.datasets import load_dataset
 
-        if (datasets_root() / self.name / self.version).exists():
-            raise DatasetExistsError(
-                f"dataset {self.name!r} version {self.version!r} already exists"
-            )
+        try:
+            load_dataset(self.name, self.version)
+        except DatasetNotFoundError:
+            return
+        raise DatasetExistsError(f"dataset {self.name!r} version {self.version!r} already exists")
 
     def _commit(self, tx: SinkTransaction) -> Any:
         from mlruntime.store.datasets import VersionWriter
@@ -261,7 +262,7 @@ class DatasetSink(Sink):
         writer = VersionWriter(self.name, self.version)
         try:
             for i, part in enumerate(tx.parts()):
-                os.rename(part, writer.staging / f"part-{i:05d}.parquet")
+                writer.add_file(part, i)
             return writer.commit(origin=f"sink write {tx.txid}")
         except BaseException:
             writer.abort()
