@@ -48,8 +48,10 @@ def cluster() -> Iterator[dict[str, str]]:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
     moto.start()
     tag = f"/tmp/mlrt-cluster-{uuid.uuid4().hex[:8]}"  # in every process's command line
+    # The nodes and drivers get none of this process's Ray settings (a session Ray of other
+    # tests may have set some), only what a cluster operator would set.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
         "RAY_AUTH_MODE": "token",
         "RAY_USAGE_STATS_ENABLED": "0",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",

@@ -66,6 +66,18 @@ class Checkpoint:
         checkpoint._kind = meta.get("kind", "dict")
         return checkpoint
 
+    def _files(self) -> dict[str, bytes]:
+        """The stored form: ``state.pkl`` for a dict, else the directory's own files."""
+        if self._archive is None:
+            return {"state.pkl": pickle.dumps(self._data)}
+        files = {}
+        with tarfile.open(fileobj=io.BytesIO(self._archive), mode="r") as tar:
+            for member in tar.getmembers():
+                handle = tar.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    files[member.name] = handle.read()
+        return files
+
     def _load(self) -> None:
         """Read a stored checkpoint's content (once)."""
         if self._uri is None or self._data is not None or self._archive is not None:
@@ -74,8 +86,16 @@ class Checkpoint:
 
         if getattr(self, "_kind", "dict") == "dict":
             self._data = pickle.loads(read_bytes(join(self._uri, "state.pkl")))
-        else:
-            self._archive = read_bytes(join(self._uri, "files.tar"))
+            return
+        meta = json.loads(read_bytes(join(self._uri, MARKER)))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name in meta.get("files", []):
+                payload = read_bytes(join(self._uri, name))
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        self._archive = buffer.getvalue()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
@@ -157,21 +177,21 @@ class Checkpoint:
         self._load()
         location = storage.join(folder, f"checkpoint_{index:06d}")
         kind = "directory" if self._archive is not None else "dict"
-        if kind == "dict":
-            name, payload = "state.pkl", pickle.dumps(self._data)
-        else:
-            name, payload = "files.tar", bytes(self._archive or b"")
-        marker = json.dumps({"kind": kind, "index": index}).encode()
+        files = self._files()
+        marker = json.dumps({"kind": kind, "index": index, "files": sorted(files)}).encode()
         if storage.is_local(folder):
             from mlruntime.store.publish import new_staging, publish_dir
 
             staging = new_staging(folder, "checkpoint")
-            (staging / name).write_bytes(payload)
+            for name, payload in files.items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                (staging / name).write_bytes(payload)
             (staging / MARKER).write_bytes(marker)
             publish_dir(staging, Path(location), replace=True)
         else:
             storage.remove(location)  # a half-written one from a crashed attempt
-            storage.write_bytes(storage.join(location, name), payload)
+            for name, payload in files.items():
+                storage.write_bytes(storage.join(location, name), payload)
             storage.write_bytes(storage.join(location, MARKER), marker)
         self._uri = self.path = location
         self._kind = kind

@@ -19,7 +19,13 @@ from typing import Any
 from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, WorkerError
 from mlruntime.runtime.cluster import check_storage_reachable
-from mlruntime.runtime.context import Checkpoint, Context, RankInfo, get_context
+from mlruntime.runtime.context import (
+    Checkpoint,
+    Context,
+    RankInfo,
+    get_context,
+    stored_checkpoints,
+)
 from mlruntime.runtime.progress import Progress
 from mlruntime.runtime.scaling import (
     FailureConfig,
@@ -406,6 +412,9 @@ class Distributor:
                 _abandon(group, self.backend)
                 raise
             _release(group, key, self.backend.reuse_workers)
+            if self.checkpoints_to_keep:  # the one a restart resumed from was kept until now
+                for old in stored_checkpoints(checkpoint_dir)[: -self.checkpoints_to_keep]:
+                    storage.remove(old)
             break
         location = last
         timings = progress.finish()
