@@ -160,6 +160,12 @@ PRELUDE = textwrap.dedent(
 
     def emit(**result):
         print("RESULT" + json.dumps(result), flush=True)
+
+    def read_shard():
+        ctx = get_context()
+        ids = [int(i) for b in ctx.get_dataset_map()["data"].to_batches(500, False)
+               for i in b["id"]]
+        return {"node": ctx.rank_info.node_ip, "ids": ids}
     """
 )
 
@@ -210,12 +216,6 @@ def test_s3_data_is_read_by_ranks_on_both_nodes_every_row_once(
         mlruntime.init(storage="s3://jobs/read-test")
         rows = write_s3_parquet("s3://jobs/data-read")
 
-        def read_shard():
-            ctx = get_context()
-            ids = [int(i) for b in ctx.get_dataset_map()["data"].to_batches(500, False)
-                   for i in b["id"]]
-            return {"node": ctx.rank_info.node_ip, "ids": ids}
-
         out = Distributor(TWO, verbose=False).run(
             read_shard, dataset_map={"data": DataConnector.from_sources("s3://jobs/data-read")}
         ).return_values
@@ -238,12 +238,6 @@ def test_a_dataset_the_driver_creates_on_s3_is_read_by_ranks_on_both_nodes(
         mlruntime.init(storage="s3://jobs/datasets-test")
         frame = pd.DataFrame({"id": np.arange(3000), "x": np.arange(3000) * 0.5})
         ds = mlruntime.create_from_dataframe("trips", "v1", frame)
-
-        def read_shard():
-            ctx = get_context()
-            ids = [int(i) for b in ctx.get_dataset_map()["data"].to_batches(500, False)
-                   for i in b["id"]]
-            return {"node": ctx.rank_info.node_ip, "ids": ids}
 
         out = Distributor(TWO, verbose=False).run(
             read_shard, dataset_map={"data": DataConnector.from_dataset("trips", "v1")}
