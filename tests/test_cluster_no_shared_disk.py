@@ -2,8 +2,9 @@
 
 The cluster is started with ``ray start`` (token auth): a head at 127.0.0.2 that hosts no
 workers (like a cluster's coordinator), and two worker nodes at 127.0.0.3 and 127.0.0.4, each in
-its own mount namespace with a fresh tmpfs over /tmp, so they cannot see the driver's files
-(its MLRUNTIME_HOME, the test's tmp_path). S3 is a moto server on loopback. Each test runs its
+its own mount namespace with empty tmpfs mounts over the session's temporary folders and the
+default MLRUNTIME_HOME, so they cannot see the driver's files (its MLRUNTIME_HOME, the test's
+tmp_path); they share only the installed code. S3 is a moto server on loopback. Each test runs its
 driver in a subprocess connected to that cluster.
 """
 
@@ -41,13 +42,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     from moto.server import ThreadedMotoServer
 
     s3_port = _free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
     moto.start()
     tag = f"/tmp/mlrt-cluster-{uuid.uuid4().hex[:8]}"  # in every process's command line
+    # What the nodes must not see: every tmp_path of this session (the drivers' homes and
+    # files) and the default MLRUNTIME_HOME; each node mounts an empty tmpfs over them.
+    hidden = [tmp_path_factory.getbasetemp(), Path.home() / ".mlruntime"]
+    for folder in hidden:
+        folder.mkdir(parents=True, exist_ok=True)
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden)
     # The nodes and drivers get none of this process's Ray settings (a session Ray of other
     # tests may have set some), only what a cluster operator would set.
     env = {
@@ -105,7 +112,7 @@ def cluster() -> Iterator[dict[str, str]]:
         )
         for ip in NODE_IPS:
             start = (
-                f"mount -t tmpfs tmpfs /tmp && mkdir -p {tag} && exec {RAY} start "
+                f"{mounts} && exec {RAY} start "
                 f"--address={HEAD_IP}:{port} --node-ip-address={ip} --num-cpus=1 "
                 f"--disable-usage-stats --temp-dir={tag}/{ip}"
             )
