@@ -19,7 +19,14 @@ from typing import Any
 from mlruntime.data.worker import set_current_rank
 from mlruntime.errors import ConfigError, NotInWorkerError
 
-__all__ = ["Checkpoint", "Context", "RankInfo", "get_context", "stored_checkpoints"]
+__all__ = [
+    "Checkpoint",
+    "Context",
+    "RankInfo",
+    "get_context",
+    "prune_checkpoints",
+    "stored_checkpoints",
+]
 
 
 class Checkpoint:
@@ -35,6 +42,7 @@ class Checkpoint:
     """
 
     _kind = "dict"
+    _stored_files: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -64,6 +72,7 @@ class Checkpoint:
             raise ConfigError(f"no complete checkpoint at {uri}") from exc
         checkpoint = cls(uri=uri)
         checkpoint._kind = meta.get("kind", "dict")
+        checkpoint._stored_files = tuple(meta.get("files", ()))
         return checkpoint
 
     def _files(self) -> dict[str, bytes]:
@@ -84,13 +93,12 @@ class Checkpoint:
             return
         from mlruntime.store.storage import join, read_bytes
 
-        if getattr(self, "_kind", "dict") == "dict":
+        if self._kind == "dict":
             self._data = pickle.loads(read_bytes(join(self._uri, "state.pkl")))
             return
-        meta = json.loads(read_bytes(join(self._uri, MARKER)))
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for name in meta.get("files", []):
+            for name in self._stored_files:
                 payload = read_bytes(join(self._uri, name))
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
@@ -128,7 +136,7 @@ class Checkpoint:
     def is_directory(self) -> bool:
         """Whether it was made from a directory."""
         if self._uri is not None and self._data is None and self._archive is None:
-            return getattr(self, "_kind", "dict") == "directory"
+            return self._kind == "directory"
         return self._archive is not None
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,11 +202,8 @@ class Checkpoint:
                 storage.write_bytes(storage.join(location, name), payload)
             storage.write_bytes(storage.join(location, MARKER), marker)
         self._uri = self.path = location
-        self._kind = kind
-        if keep > 0:
-            for old in stored_checkpoints(folder)[:-keep]:
-                if old != protect:
-                    storage.remove(old)
+        self._kind, self._stored_files = kind, tuple(sorted(files))
+        prune_checkpoints(folder, keep, protect)
         return location
 
     def __repr__(self) -> str:
@@ -233,6 +238,18 @@ def stored_checkpoints(folder: str) -> list[str]:
         if marker.type == pafs.FileType.File:
             complete.append(storage.join(folder, name))
     return complete
+
+
+def prune_checkpoints(folder: str, keep: int, protect: str | None = None) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints under ``folder`` (0: keep
+    all), never ``protect``."""
+    if keep <= 0:
+        return
+    from mlruntime.store import storage
+
+    for old in stored_checkpoints(folder)[:-keep]:
+        if old != protect:
+            storage.remove(old)
 
 
 @dataclass(frozen=True)

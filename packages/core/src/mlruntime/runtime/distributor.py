@@ -24,7 +24,7 @@ from mlruntime.runtime.context import (
     Context,
     RankInfo,
     get_context,
-    stored_checkpoints,
+    prune_checkpoints,
 )
 from mlruntime.runtime.progress import Progress
 from mlruntime.runtime.scaling import (
@@ -412,9 +412,8 @@ class Distributor:
                 _abandon(group, self.backend)
                 raise
             _release(group, key, self.backend.reuse_workers)
-            if self.checkpoints_to_keep:  # the one a restart resumed from was kept until now
-                for old in stored_checkpoints(checkpoint_dir)[: -self.checkpoints_to_keep]:
-                    storage.remove(old)
+            # the checkpoint a restart resumed from was protected until now
+            prune_checkpoints(checkpoint_dir, self.checkpoints_to_keep)
             break
         location = last
         timings = progress.finish()
