@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from mlruntime.__about__ import __version__
 from mlruntime.data.sources import ParquetSource
 from mlruntime.errors import ConfigError, DataError, DatasetExistsError, DatasetNotFoundError
 from mlruntime.store import storage
-from mlruntime.store.publish import fsync_dir, new_staging, publish_dir
+from mlruntime.store.publish import fsync_dir, new_staging, publish_dir, remove_stale_staging
 
 __all__ = [
     "Dataset",
@@ -162,7 +161,12 @@ def _sha256(path: str) -> str:
 
 class VersionWriter:
     """Stages one version's Parquet parts; :meth:`commit` publishes it (one rename on a local
-    filesystem, the manifest written last on an object store)."""
+    filesystem, the manifest written last on an object store).
+
+    Attributes:
+        staging: Where the parts are written (a local path or a URI): a hidden folder next to
+            the version on a local filesystem, the version's own folder on an object store.
+    """
 
     def __init__(self, name: str, version: str) -> None:
         self.name = validate_name(name, "dataset name")
@@ -179,7 +183,7 @@ class VersionWriter:
         if self.local:
             parent = Path(root) / name
             parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_staging(parent)
+            remove_stale_staging(parent, ".staging-*", STALE_STAGING_SECONDS)
             self.staging = str(new_staging(parent, version))
         else:
             self.staging = self.final  # parts in place; invisible until the manifest exists
@@ -200,6 +204,26 @@ class VersionWriter:
         name = self._part_name(part)
         path = f"{self._staging_path}/{name}"
         pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, filesystem=self.fs)
+        self._parts.append(name)
+
+    def add_staged(self, name: str) -> None:
+        """Adopt a part file another process (a sink's worker) wrote straight into
+        :attr:`staging` as ``name``: only its Parquet footer is read, its data is neither read
+        nor copied. Parts are ordered by name.
+
+        Args:
+            name: The file's name inside :attr:`staging`.
+
+        Raises:
+            FileNotFoundError: If there is no such file.
+            DataError: If its schema differs from the parts' before it.
+        """
+        path = f"{self._staging_path}/{name}"
+        schema = pq.read_schema(path, filesystem=self.fs)
+        if self.schema is None:
+            self.schema = schema
+        elif not schema.equals(self.schema, check_metadata=False):
+            raise DataError(f"part {name} has schema {schema}, expected {self.schema}")
         self._parts.append(name)
 
     def add_file(self, path: str | os.PathLike[str], part: int) -> None:
@@ -280,16 +304,6 @@ class VersionWriter:
                 self.fs.delete_file(f"{self._staging_path}/{name}")
             except OSError:
                 pass
-
-
-def _remove_stale_staging(parent: Path) -> None:
-    now = time.time()
-    for entry in parent.glob(".staging-*"):
-        try:
-            if now - entry.stat().st_mtime > STALE_STAGING_SECONDS:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def create_from_dataframe(

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
-__all__ = ["fsync_dir", "new_staging", "publish_dir"]
+__all__ = ["fsync_dir", "new_staging", "publish_dir", "remove_stale_staging"]
 
 
 def new_staging(parent: str | os.PathLike[str], label: str) -> Path:
@@ -73,3 +74,23 @@ def publish_dir(staging: Path, target: Path, *, replace: bool) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def remove_stale_staging(parent: str | os.PathLike[str], pattern: str, max_age_s: float) -> None:
+    """Remove what a crashed writer left behind: the entries of the local folder ``parent``
+    matching ``pattern`` (a glob such as ``".staging-*"``) not modified for ``max_age_s``
+    seconds. Errors are ignored (another process may be removing them too).
+
+    Args:
+        parent: The folder holding staging folders.
+        pattern: Which of its entries are staging folders.
+        max_age_s: Age above which one is considered abandoned; choose it well above the
+            longest write that may still be filling one.
+    """
+    now = time.time()
+    for entry in Path(parent).glob(pattern):
+        try:
+            if now - entry.stat().st_mtime > max_age_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
