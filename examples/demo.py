@@ -139,7 +139,7 @@ def train_pytorch(dataset: object) -> bool:
         resource_requirements_per_worker=WorkerResourceConfig(num_cpus=1, num_gpus=0),
     )
     result = PyTorchDistributor(fit_fare_per_km, scaling, verbose=False).run(
-        dataset_map={"trips": DataConnector.from_dataset(dataset)},
+        dataset_map={"trips": ShardedDataConnector.from_dataset(dataset)},
         hyper_params={"lr": 0.05, "epochs": 6},
     )
     fit = result.return_values[0]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlruntime import DataConnector, DuckDBTableSink, Session, get_context
+from mlruntime import DataConnector, DuckDBTableSink, Session, ShardedDataConnector, get_context
 from mlruntime_pytorch import (
     PyTorchDistributor,
     PyTorchScalingConfig,
@@ -69,7 +69,7 @@ def main(rows: int = 4000, workers: int = 2, epochs: int = 3, folder: str | None
         resource_requirements_per_worker=WorkerResourceConfig(num_cpus=1, num_gpus=0),
     )
     result = PyTorchDistributor(finetune, scaling, verbose=False).run(
-        dataset_map={"train": DataConnector.from_dataframe(session.table("train"))},
+        dataset_map={"train": ShardedDataConnector.from_dataframe(session.table("train"))},
         hyper_params={"lr": 3e-3, "epochs": epochs, "batch_size": 64, "seed": 0},
         artifact_location=Path(folder) / "run",
     )

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from mlruntime import Checkpoint, DataConnector, FailureConfig, ParquetSink, Session, get_context
+from mlruntime import (
+    Checkpoint,
+    DataConnector,
+    FailureConfig,
+    ParquetSink,
+    Session,
+    ShardedDataConnector,
+    get_context,
+)
 from mlruntime_tensorflow import (
     TensorFlowDistributor,
     TFScalingConfig,
@@ -96,7 +104,9 @@ def main(
     y = x @ WEIGHTS + 0.5
     columns = {"id": np.arange(len(x)), **{n: x[:, i] for i, n in enumerate(FEATURES)}, "y": y}
     session.create_table("samples", columns)
-    train = DataConnector.from_sql(f"SELECT * FROM samples WHERE id < {rows}", session=session)
+    train = ShardedDataConnector.from_sql(
+        f"SELECT * FROM samples WHERE id < {rows}", session=session
+    )
     holdout = DataConnector.from_sql(f"SELECT * FROM samples WHERE id >= {rows}", session=session)
     scaling = TFScalingConfig(
         num_nodes=1,

@@ -148,6 +148,7 @@ PRELUDE = textwrap.dedent(
     import pyarrow as pa, pyarrow.parquet as pq
     import mlruntime
     from mlruntime import DataConnector, Distributor, FailureConfig, ScalingConfig
+    from mlruntime import ShardedDataConnector
     from mlruntime import WorkerResourceConfig, get_context
     from mlruntime.errors import ConfigError
 
@@ -224,7 +225,7 @@ def test_s3_data_is_read_by_ranks_on_both_nodes_every_row_once(
         rows = write_s3_parquet("s3://jobs/data-read")
 
         out = Distributor(TWO, verbose=False).run(
-            read_shard, dataset_map={"data": DataConnector.from_sources("s3://jobs/data-read")}
+            read_shard, dataset_map={"data": ShardedDataConnector.from_sources("s3://jobs/data-read")}
         ).return_values
         emit(rows=rows, nodes=[o["node"] for o in out], ids=[i for o in out for i in o["ids"]])
         """,
@@ -247,7 +248,7 @@ def test_a_dataset_the_driver_creates_on_s3_is_read_by_ranks_on_both_nodes(
         ds = mlruntime.create_from_dataframe("trips", "v1", frame)
 
         out = Distributor(TWO, verbose=False).run(
-            read_shard, dataset_map={"data": DataConnector.from_dataset("trips", "v1")}
+            read_shard, dataset_map={"data": ShardedDataConnector.from_dataset("trips", "v1")}
         ).return_values
         ds.verify()
         emit(path=ds.path, versions=mlruntime.list_versions("trips"),
@@ -339,7 +340,7 @@ def test_pytorch_ddp_across_both_nodes(cluster: dict[str, str], tmp_path: Path) 
 
         scaling = PyTorchScalingConfig(2, 1, WorkerResourceConfig(num_cpus=1, num_gpus=0))
         out = PyTorchDistributor(train, scaling, verbose=False).run(
-            dataset_map={"data": DataConnector.from_sources("s3://jobs/data-torch")}
+            dataset_map={"data": ShardedDataConnector.from_sources("s3://jobs/data-torch")}
         ).return_values
         emit(out=out)
         """,
@@ -394,7 +395,7 @@ def test_tensorflow_multi_worker_across_both_nodes(cluster: dict[str, str], tmp_
 
         scaling = TFScalingConfig(2, 1, WorkerResourceConfig(num_cpus=1, num_gpus=0))
         out = TensorFlowDistributor(train, scaling, verbose=False).run(
-            dataset_map={"data": DataConnector.from_sources("s3://jobs/data-tf")}
+            dataset_map={"data": ShardedDataConnector.from_sources("s3://jobs/data-tf")}
         ).return_values
         emit(out=out)
         """,
@@ -404,3 +405,132 @@ def test_tensorflow_multi_worker_across_both_nodes(cluster: dict[str, str], tmp_
     assert {o["total"] for o in out} == {4000.0}  # type: ignore[union-attr]
     workers = out[0]["cluster"]  # type: ignore[index]
     assert sorted(w.split(":")[0] for w in workers) == list(NODE_IPS)
+
+
+def test_sinks_written_by_ranks_on_both_nodes_are_staged_on_s3(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        import pyarrow.fs as pafs
+        from mlruntime import DatasetSink, ParquetSink
+        from mlruntime.train.inference import predict_on_workers
+
+        mlruntime.init(storage="s3://jobs/sink-test")
+        rows = write_s3_parquet("s3://jobs/data-sink")
+        data = DataConnector.from_sources("s3://jobs/data-sink")
+
+        def predict(table):  # runs on the workers: 2*a, and the node that scored the row
+            node = float(get_context().rank_info.node_ip.rsplit(".", 1)[1])
+            a = table.column("a").to_numpy()
+            return np.stack([2 * a, np.full(len(a), node)], axis=1)
+
+        def touch_and_predict(table):  # leaves a mark on S3 if a worker ever runs it
+            pq.write_table(table, f"s3://jobs/sink-touched/{os.getpid()}.parquet")
+            return predict(table)
+
+        def scored(table):
+            pred = table.column("prediction").combine_chunks().flatten().to_numpy()
+            return table.column("id").to_pylist(), pred.reshape(-1, 2)
+
+        def check(table):
+            order = np.argsort(table.column("id").to_numpy())
+            ids, pred = scored(table.take(pa.array(order)))
+            a = pq.read_table("s3://jobs/data-sink").sort_by("id").column("a").to_numpy()
+            return {"ids": ids, "nodes": sorted({int(n) for n in pred[:, 1]}),
+                    "right": bool(np.allclose(pred[:, 0], 2 * a))}
+
+        folder = predict_on_workers(predict, data, ParquetSink("s3://jobs/sink-out"),
+                                    ["a", "b", "c"], key_cols=["id"], scaling_config=TWO,
+                                    verbose=False)
+        fs = pafs.FileSystem.from_uri("s3://jobs")[0]
+        out_parts = [i.base_name for i in fs.get_file_info(pafs.FileSelector("jobs/sink-out"))]
+        ds = predict_on_workers(predict, data, DatasetSink("preds", "v1"), ["a", "b", "c"],
+                                key_cols=["id"], scaling_config=TWO, verbose=False)
+        ds.verify()
+
+        local = os.path.join(os.environ["MLRUNTIME_HOME"], "local-out")
+        try:
+            predict_on_workers(touch_and_predict, data, ParquetSink(local), ["a", "b", "c"],
+                               key_cols=["id"], scaling_config=TWO, verbose=False)
+            error = None
+        except ConfigError as exc:
+            error = str(exc)
+        everything = [i.path for i in fs.get_file_info(pafs.FileSelector("jobs", recursive=True))
+                      if i.type == pafs.FileType.File]
+        emit(rows=rows, folder=folder, out_parts=sorted(out_parts),
+             parquet=check(pq.read_table("s3://jobs/sink-out")),
+             dataset=check(DataConnector.from_dataset("preds", "v1").to_arrow()),
+             dataset_files=[f.rsplit("/", 1)[1] for f in ds.files], dataset_rows=ds.num_rows,
+             error=error, local_exists=os.path.exists(local),
+             driver_home=sorted(os.listdir(os.environ["MLRUNTIME_HOME"])),
+             staging=[p for p in everything if ".mlruntime-staging" in p or "/staging/" in p],
+             touched=[p for p in everything if "sink-touched" in p],
+             version_folder=sorted(p.rsplit("/", 1)[1] for p in everything
+                                   if p.startswith("jobs/sink-test/datasets/preds/v1/")))
+        """,
+    )
+    rows = int(result["rows"])  # type: ignore[arg-type]
+    nodes = sorted(int(ip.rsplit(".", 1)[1]) for ip in NODE_IPS)
+    assert result["folder"] == "s3://jobs/sink-out"
+    for written in (result["parquet"], result["dataset"]):
+        assert written["ids"] == list(range(rows))  # type: ignore[index]  # every row once
+        assert written["nodes"] == nodes  # type: ignore[index]  # scored on both nodes
+        assert written["right"] is True  # type: ignore[index]
+    out_parts = result["out_parts"]
+    assert len(out_parts) == 2  # type: ignore[arg-type]  # one part per rank, moved in
+    assert [p[:10] for p in out_parts] == ["part-00000", "part-00001"]  # type: ignore[union-attr]
+    assert result["dataset_rows"] == rows
+    assert len(result["dataset_files"]) == 2  # type: ignore[arg-type]
+    assert result["version_folder"] == sorted([*result["dataset_files"], "manifest.json"])  # type: ignore[misc]
+    assert result["staging"] == []  # no staging objects left in the bucket
+    error = str(result["error"])
+    assert result["error"] is not None and "storage" in error and "MLRUNTIME_STORAGE" in error
+    assert "ParquetSink" in error and "127.0.0.3" in error and "127.0.0.4" in error
+    assert result["touched"] == []  # no worker ran
+    assert result["local_exists"] is False
+    assert not [n for n in result["driver_home"] if ".mlruntime-staging" in n]  # type: ignore[union-attr]
+
+
+def test_frames_and_warehouse_tables_are_staged_and_read_on_both_nodes(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        import pandas as pd
+        from mlruntime import Session
+
+        mlruntime.init(storage="s3://jobs/staged")
+        # The warehouse file and the frame are on the driver only; the nodes cannot see them.
+        session = Session()
+        session.create_table("t", {"id": np.arange(3000), "x": np.arange(3000) * 0.5})
+        frame = pd.DataFrame({"id": np.arange(2000)})
+        out = {}
+        for mode in ("objects", "parquet"):
+            os.environ["MLRUNTIME_STAGE"] = mode
+            for name, data in (("table", session.table("t")), ("frame", frame)):
+                ranks = Distributor(TWO, verbose=False).run(
+                    read_shard, dataset_map={"data": ShardedDataConnector.from_dataframe(data)}
+                ).return_values
+                out[f"{mode}-{name}"] = {
+                    "nodes": sorted(r["node"] for r in ranks),
+                    "ids": sorted(i for r in ranks for i in r["ids"]),
+                }
+        import boto3
+        s3 = boto3.client("s3")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="jobs", Prefix="staged/").get(
+            "Contents", [])]
+        emit(out=out, inputs=[k for k in keys if "/inputs/" in k and not k.endswith("/")])
+        """,
+    )
+    out = result["out"]
+    for key, expected in (("table", 3000), ("frame", 2000)):
+        for mode in ("objects", "parquet"):
+            got = out[f"{mode}-{key}"]  # type: ignore[index]
+            assert got["nodes"] == list(NODE_IPS), (mode, key)
+            assert got["ids"] == list(range(expected)), (mode, key)
+    assert result["inputs"] == []  # staged Parquet files removed after each job

@@ -5,7 +5,7 @@ Parquet files (bench_xgboost's data), batch 1,024, SGD, 2 workers x 1 thread wit
 told the machine's real CPU count. Rows come in file order, or shuffled with ``--shuffle``:
 
 - ours: ``PyTorchDistributor(loop).run(dataset_map={"train":
-  DataConnector.from_sources(folder)})``, the loop iterating
+  ShardedDataConnector.from_sources(folder)})``, the loop iterating
   ``to_torch_dataset(batch_size=1024, shuffle=...)`` (each rank reads its own shard from the
   files during the loop);
 - Ray Train: ``TorchTrainer(loop, datasets={"train": ray.data.read_parquet(files)})``, the loop
@@ -125,7 +125,7 @@ def our_loop() -> tuple[int, float, int]:
 
 def ours(folder: Path, shuffle: bool) -> tuple[float, float, list[int]]:
     """(loop rows/s over both ranks, wall seconds of run(), torch threads per rank)."""
-    from mlruntime import DataConnector
+    from mlruntime import ShardedDataConnector
     from mlruntime_pytorch import PyTorchDistributor, PyTorchScalingConfig, WorkerResourceConfig
 
     scaling = PyTorchScalingConfig(
@@ -135,7 +135,7 @@ def ours(folder: Path, shuffle: bool) -> tuple[float, float, list[int]]:
     )
     start = time.perf_counter()
     result = PyTorchDistributor(our_loop, scaling, verbose=False).run(
-        dataset_map={"train": DataConnector.from_sources(str(folder))},
+        dataset_map={"train": ShardedDataConnector.from_sources(str(folder))},
         hyper_params={"shuffle": shuffle},
     )
     wall = time.perf_counter() - start
@@ -226,7 +226,7 @@ def main() -> int:
     )
     print(
         f"  ours: PyTorchDistributor({WORKERS} workers x {CPUS_PER_WORKER} CPU).run(dataset_map="
-        "{'train': DataConnector.from_sources(folder)}); loop over "
+        "{'train': ShardedDataConnector.from_sources(folder)}); loop over "
         f"to_torch_dataset(batch_size={BATCH}, shuffle={args.shuffle}), reading during the loop"
     )
     if not args.no_ray_train:

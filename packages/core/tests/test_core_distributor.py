@@ -65,37 +65,105 @@ def test_every_rank_gets_its_context(ray_cluster: None, tmp_path: Path) -> None:
     assert Path(result.get_model_dir()).is_dir()
 
 
-def count_shard_rows() -> tuple[list[int], list[int]]:
+def count_shard_rows() -> dict[str, list[int]]:
     data = get_context().get_dataset_map()
-    train = data["train"].to_arrow().column("id").to_pylist()
-    lazy = data["lazy"].get_shard().to_arrow().column("id").to_pylist()
-    return train, lazy
+    return {
+        "plain": data["plain"].to_arrow().column("id").to_pylist(),
+        "shard": data["sharded"].get_shard().to_arrow().column("id").to_pylist(),
+        # reading the sharded connector itself on a worker reads its shard
+        "direct": [
+            int(i) for b in data["sharded"].to_batches(97, drop_last_batch=False) for i in b["id"]
+        ],
+        "rows": [data["sharded"].count_rows()],
+        "sources": [type(s).__name__ for s in data["plain"].sources],
+    }
 
 
-def test_dataset_map_is_sharded_per_rank(ray_cluster: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["objects", "parquet"])
+def test_only_sharded_connectors_are_split_per_rank(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    monkeypatch.setenv("MLRUNTIME_STAGE", stage)
     table = sample_table(0, 1001)
-    result = quiet().run(
-        count_shard_rows,
-        dataset_map={
-            "train": DataConnector.from_dataframe(table),
-            "lazy": ShardedDataConnector(DataConnector.from_dataframe(table)),
-        },
-        artifact_location=tmp_path,
-    )
-    (t0, l0), (t1, l1) = result.return_values
-    assert sorted(t0 + t1) == list(range(1001)) and not set(t0) & set(t1)
-    assert (len(t0), len(t1)) == (500, 501)
-    assert l0 == t0 and l1 == t1  # get_shard() picks this rank's part the same way
+    dataset_map = {
+        "plain": DataConnector.from_dataframe(table),
+        "sharded": ShardedDataConnector.from_dataframe(table),
+    }
+    result = quiet().run(count_shard_rows, dataset_map=dataset_map, artifact_location=tmp_path)
+    r0, r1 = result.return_values
+    # A plain DataConnector: every rank reads all rows (Snowflake's rule).
+    assert r0["plain"] == r1["plain"] == list(range(1001))
+    # A sharded one: disjoint parts covering every row once.
+    assert sorted(r0["shard"] + r1["shard"]) == list(range(1001))
+    assert (len(r0["shard"]), len(r1["shard"])) == (500, 501)
+    assert r0["direct"] == r0["shard"] and r1["direct"] == r1["shard"]
+    assert (r0["rows"], r1["rows"]) == ([500], [501])
+    # The frame travelled staged (objects or Parquet files), not inside the context.
+    expected = {"objects": "ObjectSource", "parquet": "ParquetSource"}[stage]
+    assert r0["sources"] == [expected]
+    assert not (tmp_path / "inputs").exists()  # staged files are gone with the job
+
     equal = quiet().run(
-        count_shard_rows,
-        dataset_map={
-            "train": DataConnector.from_dataframe(table),
-            "lazy": ShardedDataConnector(DataConnector.from_dataframe(table)),
-        },
-        artifact_location=tmp_path,
-        equal_shards=True,
+        count_shard_rows, dataset_map=dataset_map, artifact_location=tmp_path, equal_shards=True
     )
-    assert [len(v[0]) for v in equal.return_values] == [500, 500]
+    assert [len(v["shard"]) for v in equal.return_values] == [500, 500]
+    explicit = {
+        "plain": dataset_map["plain"],
+        "sharded": ShardedDataConnector(table_dc(), equal=False),
+    }
+    kept = quiet().run(
+        count_shard_rows, dataset_map=explicit, artifact_location=tmp_path, equal_shards=True
+    )
+    assert [len(v["shard"]) for v in kept.return_values] == [500, 501]  # its own equal wins
+
+
+def table_dc() -> DataConnector:
+    return DataConnector.from_dataframe(sample_table(0, 1001))
+
+
+def test_a_duckdb_table_is_staged_and_each_rank_reads_its_part(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlruntime.runtime import staging
+
+    session = mlruntime.Session(tmp_path / "w.duckdb")
+    session.create_table("t", sample_table(0, 5000))
+    # small results go to the object store; past the threshold they stream to Parquet
+    for threshold, expected in ((1 << 30, "ObjectSource"), (1000, "ParquetSource")):
+        monkeypatch.setattr(staging, "SMALL_RESULT_BYTES", threshold)
+        sharded = ShardedDataConnector.from_dataframe(session.table("t"))
+        result = quiet().run(
+            count_shard_rows,
+            dataset_map={
+                "plain": DataConnector.from_sql("select * from t", session),
+                "sharded": sharded,
+            },
+            artifact_location=tmp_path,
+        )
+        r0, r1 = result.return_values
+        assert sorted(r0["shard"] + r1["shard"]) == list(range(5000))
+        assert r0["plain"] == list(range(5000))
+        assert r0["sources"] == [expected]
+    session.close()
+
+
+def test_a_sharded_connector_is_a_picklable_plan_honouring_equal(tmp_path: Path) -> None:
+    import pickle
+
+    sharded = ShardedDataConnector.from_dataframe(sample_table(0, 11), equal=True)
+    assert isinstance(sharded, DataConnector)
+    parts = sharded.plan(3)
+    assert [p.count_rows() for p in parts] == [3, 3, 3]
+    assigned = sharded.assign(1, 3, parts[1])
+    copy = pickle.loads(pickle.dumps(assigned))
+    assert copy.get_shard(1, 3).to_arrow().column("id").to_pylist() == [3, 4, 5]
+    assert copy.get_shard(0, 2).count_rows() == 5  # other shapes are planned anew (equal)
+    assert sharded.select(["id"]).equal is True
+    session = mlruntime.Session(tmp_path / "w.duckdb")
+    session.create_table("t", sample_table(0, 4))
+    with pytest.raises(ConfigError, match="cannot be sent to another process"):
+        pickle.dumps(ShardedDataConnector.from_dataframe(session.table("t")))
+    session.close()
 
 
 def report_steps() -> list[list[str]]:

@@ -231,3 +231,25 @@ def test_cli_trains_from_files(ray_cluster: None, parquet_folder: Path, tmp_path
     booster = lgb.Booster(model_file=str(out))
     assert booster.num_trees() == 6
     assert max(t["num_leaves"] for t in booster.dump_model()["tree_info"]) <= 7
+
+
+def test_categories_are_gathered_from_every_workers_shard(
+    ray_cluster: None, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # A warehouse table whose two halves hold different cities: rank 0's shard has only
+    # "oslo"/"paris", rank 1's only "rome"/"lima". Every rank must encode with the union.
+    half = len(frame) // 2
+    city = np.where(np.arange(len(frame)) < half, "oslo", "rome").astype(object)
+    city[: half // 2] = "paris"
+    city[half + half // 2 :] = "lima"
+    effect = {"oslo": 0.0, "paris": 3.0, "rome": -2.0, "lima": 5.0}
+    data = frame.assign(city=city, y=frame["y"] + np.array([effect[c] for c in city]))
+    session = Session(tmp_path / "w.duckdb")
+    session.create_table("trips", data)
+    est = estimator()
+    est.fit(session.table("trips"), ["f0", "f1", "f2", "city"], "y")
+    union = ["lima", "oslo", "paris", "rome"]
+    assert est._categories["city"].to_pylist() == union
+    assert est.get_booster().pandas_categorical == [union]  # what predict encodes with
+    assert est.predict(data).shape == (len(data),)
+    session.close()

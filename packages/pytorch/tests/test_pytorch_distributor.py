@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mlruntime import Checkpoint, DataConnector, Session, get_context
+from mlruntime import Checkpoint, DataConnector, Session, ShardedDataConnector, get_context
 from mlruntime.errors import ConfigError, ResourceError, WorkerError
 from mlruntime.runtime.cluster import NodeInfo
 from mlruntime_pytorch import (
@@ -38,7 +38,8 @@ def distributor(fn: Any, **kwargs: Any) -> PyTorchDistributor:
 
 @pytest.fixture
 def table_dc(tmp_path: Path) -> DataConnector:
-    """A warehouse table of 1,001 rows: id, 4 float features and a linear target."""
+    """A warehouse table of 1,001 rows: id, 4 float features and a linear target, to be split
+    among the ranks."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1001, 4)).astype(np.float32)
     data: dict[str, Any] = {"id": np.arange(1001)}
@@ -47,7 +48,7 @@ def table_dc(tmp_path: Path) -> DataConnector:
     data["y"] = (x @ np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)).astype(np.float32)
     session = Session(tmp_path / "warehouse.duckdb")
     session.create_table("points", data)
-    return DataConnector.from_dataframe(session.table("points"))
+    return ShardedDataConnector.from_dataframe(session.table("points"))
 
 
 def describe() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlruntime import DataConnector, get_context
+from mlruntime import ShardedDataConnector, get_context
 from mlruntime.errors import ConfigError
 from mlruntime.testing import load_module_from_path
 from mlruntime_tensorflow import TensorFlowDistributor, TFScalingConfig, WorkerResourceConfig
@@ -42,7 +42,7 @@ def read_tf_config() -> dict[str, Any]:
 
 
 def test_every_worker_gets_the_cluster_in_tf_config(ray_cluster: None, tmp_path: Path) -> None:
-    data = DataConnector.from_dataframe({"x": np.arange(101.0)})
+    data = ShardedDataConnector.from_dataframe({"x": np.arange(101.0)})
     result = TensorFlowDistributor(read_tf_config, TWO, verbose=False).run(
         dataset_map={"train": data}, artifact_location=tmp_path
     )

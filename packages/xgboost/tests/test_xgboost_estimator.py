@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
@@ -306,3 +307,23 @@ def test_local_job_dials_the_tracker_on_loopback(ray_cluster: None, frame: pd.Da
     est = estimator(n_estimators=2, callbacks=[_TrackerIsLoopback()])
     est.fit(frame, FEATURES, "y")
     assert est.get_booster().num_boosted_rounds() == 2
+
+
+def test_null_labels_in_files_are_counted_on_the_workers(
+    ray_cluster: None, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    # Parquet input: the driver reads no rows; each rank counts nulls in its shard, and every
+    # rank raises the same error with the total (ranks 0 and 1 each hold some of them).
+    labels = frame["y"].to_numpy().copy()
+    labels[[3, 5, len(frame) - 2]] = np.nan
+    folder = tmp_path / "data"
+    folder.mkdir()
+    table = pa.Table.from_pandas(frame.assign(y=labels), preserve_index=False)
+    table = table.set_column(
+        table.schema.get_field_index("y"),
+        "y",
+        pa.array(labels, mask=np.isnan(labels), type=pa.float64()),
+    )
+    pq.write_table(table, folder / "part.parquet", row_group_size=500)
+    with pytest.raises(DataError, match="label column 'y' has 3 null"):
+        estimator().fit(DataConnector.from_sources(folder), FEATURES, "y")

@@ -16,7 +16,7 @@ import pyarrow as pa
 from mlruntime.data.connector import DataConnector
 from mlruntime.train.features import check_training_columns, is_categorical, table_to_matrix
 
-__all__ = ["categories_of", "shard_matrix", "to_lightgbm_dataset"]
+__all__ = ["categories_of", "merge_categories", "shard_matrix", "to_lightgbm_dataset"]
 
 
 def to_lightgbm_dataset(
@@ -98,3 +98,17 @@ def categories_of(connector: DataConnector, column: str) -> pa.Array:
         values = values.cast(values.type.value_type)
     unique = pc.unique(values.combine_chunks()).drop_null()
     return unique.take(pc.array_sort_indices(unique))
+
+
+def merge_categories(
+    per_rank: Sequence[dict[str, pa.Array]], columns: Sequence[str]
+) -> dict[str, pa.Array]:
+    """The sorted union of every rank's categories of each of ``columns``."""
+    import pyarrow.compute as pc
+
+    merged: dict[str, pa.Array] = {}
+    for column in columns:
+        values = pa.concat_arrays([rank[column] for rank in per_rank])
+        unique = pc.unique(values)
+        merged[column] = unique.take(pc.array_sort_indices(unique))
+    return merged

@@ -29,7 +29,7 @@ from mlruntime.train.gbdt_worker import (
     RoundReporter,
 )
 from mlruntime.train.inference import BatchPredictor
-from mlruntime_lightgbm.adapter import categories_of, shard_matrix
+from mlruntime_lightgbm.adapter import categories_of, merge_categories, shard_matrix
 
 __all__ = ["LightGBMEstimator", "LightGBMScalingConfig"]
 
@@ -105,9 +105,14 @@ class _LightGBMTrainer(GBDTTrainer):
         return params
 
     def build(self, ctx: Context, spec: dict[str, Any], params: dict[str, Any]) -> Any:
-        categories, features = spec["categories"], spec["features"]
+        features = spec["features"]
+        data = ctx.get_dataset_map()
+        train = data["train"]
+        # Every rank lists its shard's categories; all ranks encode with their union.
+        local = {f: categories_of(train, f) for f in spec["categorical"]}
+        categories = merge_categories(ctx.allgather(local), spec["categorical"])
+        self.categories = categories
         cat_idx = [i for i, f in enumerate(features) if f in categories]
-        train = ctx.get_dataset_map()["train"]
         x, y, w = shard_matrix(train, features, spec["label"], spec["weight"], categories)
         train_set = lgb.Dataset(
             x,
@@ -118,9 +123,9 @@ class _LightGBMTrainer(GBDTTrainer):
             free_raw_data=True,
         )
         valid = [(train_set, "train")]
-        if spec["eval"] is not None:  # the whole eval set on every rank: same metrics everywhere
+        if "eval" in data:  # the whole eval set on every rank: same metrics everywhere
             ex, ey, ew = shard_matrix(
-                spec["eval"], features, spec["label"], spec["eval_weight"], categories
+                data["eval"], features, spec["label"], spec["eval_weight"], categories
             )
             valid.append((lgb.Dataset(ex, label=ey, weight=ew, reference=train_set), "eval"))
         return valid
@@ -159,7 +164,7 @@ class _LightGBMTrainer(GBDTTrainer):
         return model.model_to_string()
 
     def extra_result(self, model: Any, params: dict[str, Any]) -> dict[str, Any]:
-        return {"best_iteration": model.best_iteration}
+        return {"best_iteration": model.best_iteration, "categories": self.categories}
 
     def device(self, params: dict[str, Any]) -> str:
         return str(params.get("device_type", "cpu"))
@@ -168,9 +173,10 @@ class _LightGBMTrainer(GBDTTrainer):
 class LightGBMEstimator(GBDTEstimator):
     """Distributed LightGBM training and scoring.
 
-    String and dictionary columns are categorical features: their categories are collected
-    on the driver so every worker encodes them alike. The eval set is evaluated in full on
-    every worker, so all ranks see the same metrics and early stopping stops them together.
+    String and dictionary columns are categorical features: every worker lists the categories
+    of its own shard and all encode with their union, so the driver reads no data. The eval
+    set is evaluated in full on every worker, so all ranks see the same metrics and early
+    stopping stops them together.
 
     Args:
         n_estimators: Boosting rounds (``params["n_estimators"]`` / ``num_iterations``
@@ -206,13 +212,10 @@ class LightGBMEstimator(GBDTEstimator):
         if scaling.use_gpu:
             _check_gpu_support()
         schema = train.schema
-        categories = {
-            f: categories_of(train, f) for f in features if is_categorical(schema.field(f).type)
-        }
-        return {"categories": categories}
+        return {"categorical": [f for f in features if is_categorical(schema.field(f).type)]}
 
     def _finish_fit(self, booster: Any, out: dict[str, Any], spec: dict[str, Any]) -> None:
-        categories = spec["categories"]
+        categories = out["categories"]
         booster.best_iteration = out["best_iteration"]
         booster.pandas_categorical = [categories[f].to_pylist() for f in categories] or None
         self._categories = categories

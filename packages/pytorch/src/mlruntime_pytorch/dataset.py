@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mlruntime.data.batching import check_batch_size
-from mlruntime.data.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
+from mlruntime.data.connector import DataConnector, resolve_worker_shard
 from mlruntime.errors import ConfigError
 
 __all__ = ["TorchDataset", "to_tensor", "to_tensors", "to_torch_dataset"]
@@ -72,7 +72,7 @@ class TorchDataset(IterableDataset):
 
     def __init__(
         self,
-        connector: DataConnector | ShardedDataConnector,
+        connector: DataConnector,
         batch_size: int | None,
         shuffle: bool,
         drop_last_batch: bool,
@@ -248,7 +248,7 @@ def _drop_rows(
 
 
 def to_torch_dataset(
-    connector: DataConnector | ShardedDataConnector,
+    connector: DataConnector,
     *,
     batch_size: int | None = None,
     shuffle: bool = False,
@@ -259,7 +259,8 @@ def to_torch_dataset(
     """The connector's rows as a ``torch.utils.data.IterableDataset`` of dicts of tensors.
 
     Args:
-        connector: The data (a ShardedDataConnector reads the current worker's shard).
+        connector: The data (a ShardedDataConnector reads the current worker's shard; a plain
+            one is read whole, on every rank).
         batch_size: ``None`` yields single rows (a DataLoader with a ``batch_size`` collates
             them); an int yields whole batches of that many rows, for
             ``DataLoader(ds, batch_size=None)`` — the fast path.
@@ -282,11 +283,10 @@ def to_torch_dataset(
         ...     loss = model(batch["x"]) ...
     """
     size = check_batch_size(batch_size, allow_none=True)
-    if not isinstance(connector, (DataConnector, ShardedDataConnector)):
+    if not isinstance(connector, DataConnector):
         raise ConfigError(f"to_torch_dataset needs a DataConnector, got {type(connector).__name__}")
     if columns is not None:
-        base = connector.connector if isinstance(connector, ShardedDataConnector) else connector
-        base.select(columns)  # raises ColumnError for unknown names
+        connector.select(columns)  # raises ColumnError for unknown names
     return TorchDataset(
         connector,
         size,

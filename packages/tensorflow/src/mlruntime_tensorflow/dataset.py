@@ -16,7 +16,7 @@ import pyarrow as pa
 import tensorflow as tf
 
 from mlruntime.data.batching import check_batch_size
-from mlruntime.data.connector import DataConnector, ShardedDataConnector, resolve_worker_shard
+from mlruntime.data.connector import DataConnector, resolve_worker_shard
 from mlruntime.errors import ColumnError, ConfigError, DataError
 
 __all__ = ["tensor_spec", "to_tf_dataset"]
@@ -98,7 +98,7 @@ def _block_spec(spec: tf.TensorSpec) -> tf.TensorSpec:
 
 
 def to_tf_dataset(
-    connector: DataConnector | ShardedDataConnector,
+    connector: DataConnector,
     *,
     batch_size: int | None = None,
     shuffle: bool = False,
@@ -111,7 +111,8 @@ def to_tf_dataset(
     """The connector's rows as a ``tf.data.Dataset`` of batches.
 
     Args:
-        connector: The data (a ShardedDataConnector reads the current worker's shard).
+        connector: The data (a ShardedDataConnector reads the current worker's shard; a plain
+            one is read whole, on every rank).
         batch_size: Rows per batch (required).
         shuffle: Shuffle rows across fragments, differently each epoch (each iteration).
         drop_last_batch: Drop the final short batch, so every batch has a static size.
@@ -138,9 +139,9 @@ def to_tf_dataset(
     if batch_size is None:
         raise ConfigError("to_tf_dataset needs batch_size (rows per batch), e.g. batch_size=256")
     size = check_batch_size(batch_size)
-    if not isinstance(connector, (DataConnector, ShardedDataConnector)):
+    if not isinstance(connector, DataConnector):
         raise ConfigError(f"to_tf_dataset needs a DataConnector, got {type(connector).__name__}")
-    base = connector.connector if isinstance(connector, ShardedDataConnector) else connector
+    base = connector
     schema = base.schema
     labels = [label_cols] if isinstance(label_cols, str) else list(label_cols or [])
     features = [n for n in schema.names if n not in labels] if columns is None else list(columns)
@@ -206,7 +207,7 @@ def _in_distributed_job() -> bool:
     return _current_context() is not None
 
 
-def _rows_per_epoch(connector: DataConnector | ShardedDataConnector) -> int | None:
+def _rows_per_epoch(connector: DataConnector) -> int | None:
     """Rows this process will read per epoch, when known without reading data."""
     try:
         return resolve_worker_shard(connector).num_rows

@@ -553,19 +553,106 @@ def _pieces_in_range(pieces: list[Piece], offsets: list[int], lo: int, hi: int) 
     return out
 
 
-class ShardedDataConnector:
-    """A connector to be split among the workers of a distributed job.
+class ShardedDataConnector(DataConnector):
+    """A DataConnector to be split among the workers of a distributed job.
 
-    Each worker calls :meth:`get_shard` and reads only its part, straight from storage.
+    In a job's ``dataset_map``, a ShardedDataConnector is split into one part per rank (a plain
+    :class:`DataConnector` gives every rank all its rows). On a worker, :meth:`get_shard`
+    returns this rank's part, and reading the connector itself (``to_pandas``,
+    ``to_torch_dataset`` ...) reads only that part, straight from storage; on the driver it
+    reads all rows. The plan the job makes travels to the workers, never the data: frames and
+    warehouse results are staged first (see ``docs/cluster.md``).
 
     Args:
-        connector: The data.
-        equal: Give every shard the same row count (tail dropped), as DDP training needs.
+        sources: The sources (or a DataConnector to shard).
+        columns: Keep only these columns (default: all).
+        equal: Give every shard the same number of rows, dropping the tail (DDP needs ranks to
+            take the same number of steps). ``None``: the job decides (PyTorch and TensorFlow
+            jobs use equal shards, others do not).
+
+    Raises:
+        ConfigError: For ``equal`` that is not a bool or ``None``.
+
+    Example:
+        >>> import pandas as pd
+        >>> sharded = ShardedDataConnector.from_dataframe(pd.DataFrame({"x": range(10)}))
+        >>> sharded.get_shard(rank=1, world_size=2).to_pandas()["x"].tolist()
+        [5, 6, 7, 8, 9]
     """
 
-    def __init__(self, connector: DataConnector, equal: bool = False) -> None:
-        self.connector = connector
-        self.equal = equal
+    def __init__(
+        self,
+        sources: Sequence[Source] | DataConnector,
+        *,
+        columns: Sequence[str] | None = None,
+        pieces: Sequence[Piece] | None = None,
+        equal: bool | None = None,
+    ) -> None:
+        if isinstance(sources, DataConnector):
+            base = sources
+            sources = base._sources
+            columns = base._columns if columns is None else columns
+            pieces = base._pieces if pieces is None else pieces
+        super().__init__(sources, columns=columns, pieces=pieces)
+        self.equal = _check_equal(equal)
+        self._assigned: tuple[int, int, DataConnector] | None = None
+
+    # -- constructors: DataConnector's, plus ``equal`` ----------------------------------------
+
+    @classmethod
+    def from_dataframe(cls, df: Any, *, equal: bool | None = None) -> ShardedDataConnector:
+        """From a DuckDB relation, pandas/polars frame, Arrow table or DataConnector.
+
+        Raises:
+            ConfigError: For an object that is not a frame.
+        """
+        return cls._of(DataConnector.from_dataframe(df), equal)
+
+    @classmethod
+    def from_sql(
+        cls, query: str, session: Any = None, *, equal: bool | None = None
+    ) -> ShardedDataConnector:
+        """From a SQL query on a warehouse session (default: ``get_active_session()``).
+
+        Raises:
+            QueryError: If the query is invalid.
+        """
+        return cls._of(DataConnector.from_sql(query, session), equal)
+
+    @classmethod
+    def from_dataset(
+        cls, dataset: Any, version: str | None = None, *, equal: bool | None = None
+    ) -> ShardedDataConnector:
+        """From a dataset version, or a dataset name and version (default: latest).
+
+        Raises:
+            DatasetNotFoundError: If the dataset or version does not exist.
+        """
+        return cls._of(DataConnector.from_dataset(dataset, version), equal)
+
+    @classmethod
+    def from_sources(
+        cls, sources: Any, *, filesystem: Any = None, equal: bool | None = None
+    ) -> ShardedDataConnector:
+        """From paths, globs, folders, URIs and/or Source objects.
+
+        Raises:
+            SourceError: For a missing path or unknown format.
+        """
+        return cls._of(DataConnector.from_sources(sources, filesystem=filesystem), equal)
+
+    @classmethod
+    def from_ray_dataset(cls, dataset: Any, *, equal: bool | None = None) -> ShardedDataConnector:
+        """From a ``ray.data.Dataset``."""
+        return cls._of(DataConnector.from_ray_dataset(dataset), equal)
+
+    @classmethod
+    def _of(cls, connector: DataConnector, equal: bool | None) -> ShardedDataConnector:
+        if isinstance(connector, ShardedDataConnector) and equal is None:
+            equal = connector.equal
+        return cls(connector, equal=equal)
+
+    # -- shards -------------------------------------------------------------------------------
 
     def get_shard(self, rank: int | None = None, world_size: int | None = None) -> DataConnector:
         """This worker's shard: by ``rank``/``world_size`` or, inside a job, the worker's own.
@@ -578,27 +665,89 @@ class ShardedDataConnector:
             rank, world_size = _current_rank()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, {world_size}), got {rank}")
-        return self.connector.shard(world_size, equal=self.equal)[rank]
+        if self._assigned is not None and self._assigned[:2] == (rank, world_size):
+            shard = self._assigned[2]
+        else:
+            shard = self.plan(world_size)[rank]
+        return shard._derive(columns=self._columns) if self._columns is not None else shard
+
+    def plan(self, world_size: int, equal: bool | None = None) -> list[DataConnector]:
+        """Every rank's shard for a job of ``world_size`` workers (``equal`` defaults to the
+        connector's own, else unequal).
+
+        Raises:
+            ConfigError: If there are more shards than rows.
+        """
+        if equal is None:
+            equal = bool(self.equal)
+        return DataConnector.shard(self._as_plain(), world_size, equal=equal)
+
+    def assign(self, rank: int, world_size: int, shard: DataConnector) -> ShardedDataConnector:
+        """A copy that knows its shard for ``rank`` of ``world_size`` (a job sends each rank
+        one, so no worker plans again)."""
+        out = self._derive()
+        out._assigned = (rank, world_size, shard)
+        return out
+
+    def pieces(self) -> list[Piece]:
+        """Inside a job: this rank's row ranges; elsewhere: all of them."""
+        if current_rank(use_env=False) is not None:
+            return self.get_shard().pieces()
+        return super().pieces()
+
+    @property
+    def num_rows(self) -> int | None:
+        """Row count when known without reading data (inside a job: this rank's)."""
+        if current_rank(use_env=False) is not None:
+            return self.get_shard().num_rows
+        return super().num_rows
+
+    def _single_duckdb(self) -> DuckDBSource | None:
+        return None if current_rank(use_env=False) is not None else super()._single_duckdb()
+
+    def _as_plain(self) -> DataConnector:
+        return DataConnector._derive(self)
+
+    def _derive(
+        self, *, columns: Sequence[str] | None = None, pieces: Sequence[Piece] | None = None
+    ) -> DataConnector:
+        if pieces is not None:  # a part of the rows: a plain connector
+            return DataConnector._derive(self, columns=columns, pieces=pieces)
+        out = DataConnector._derive(self, columns=columns)
+        out.__class__ = ShardedDataConnector
+        out.equal = self.equal  # type: ignore[attr-defined]
+        out._assigned = self._assigned  # type: ignore[attr-defined]
+        return out
+
+    def select(self, columns: Sequence[str]) -> ShardedDataConnector:  # type: ignore[override]
+        """A sharded connector over only ``columns``, in that order.
+
+        Raises:
+            ColumnError: If a column does not exist.
+        """
+        return super().select(columns)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return f"ShardedDataConnector({self.connector!r}, equal={self.equal})"
+        return f"Sharded{super().__repr__()[:-1]}, equal={self.equal})"
 
 
-def resolve_worker_shard(connector: DataConnector | ShardedDataConnector) -> DataConnector:
+def _check_equal(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"equal must be True, False or None, got {value!r}")
+    return None if value is None else bool(value)
+
+
+def resolve_worker_shard(connector: DataConnector) -> DataConnector:
     """The rows this process should read, for framework adapters (``to_torch_dataset`` ...).
 
-    A ShardedDataConnector gives this rank's shard; inside a distributed job, a connector over
-    all the rows of its sources (not already a shard) is split equally by rank; otherwise the
-    connector itself.
+    A ShardedDataConnector gives this rank's shard inside a job; a plain DataConnector is read
+    whole (on every rank), as Snowflake's connectors are.
 
     Raises:
         NotInWorkerError: For a ShardedDataConnector outside a distributed worker.
     """
     if isinstance(connector, ShardedDataConnector):
         return connector.get_shard()
-    rank = current_rank(use_env=False)
-    if rank is not None and not connector.is_shard and rank[1] > 1:
-        return connector.shard(rank[1], equal=True)[rank[0]]
     return connector
 
 

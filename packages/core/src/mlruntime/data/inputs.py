@@ -67,6 +67,15 @@ class DuckDBSource(Source):
     def describe(self) -> str:
         return f"duckdb {self.label}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._arrow is not None:  # already run: its rows can travel
+            return (ArrowSource, (self._arrow.table, self._arrow.label))
+        raise ConfigError(
+            f"a DuckDB relation ({self.label}) cannot be sent to another process: its "
+            "connection stays in this one. Jobs stage it for their workers by themselves; to "
+            "send it elsewhere, read it first (relation.to_arrow_table())"
+        )
+
 
 def _relation_label(relation: Any) -> str:
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlruntime.data.worker import set_current_rank
-from mlruntime.errors import ConfigError, NotInWorkerError
+from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
 
 __all__ = [
     "Checkpoint",
@@ -284,6 +284,7 @@ class Context:
     checkpoints_to_keep: int = 0
     reporter: Any = None
     backend_info: dict[str, Any] = field(default_factory=dict)
+    _gathers: int = 0
 
     def get_world_size(self) -> int:
         """Number of workers in the job."""
@@ -341,6 +342,36 @@ class Context:
             import time
 
             self.reporter.phase.remote((str(name), time.time()))
+
+    def allgather(self, value: Any, timeout: float = 600.0) -> list[Any]:
+        """Every rank's ``value``, by rank, once all ranks have called ``allgather`` (the
+        n-th call of each rank is matched with the n-th call of the others). For small values
+        (counts, category lists); a job's bulk data goes through storage.
+
+        Raises:
+            WorkerError: If the other ranks do not all arrive within ``timeout`` seconds.
+        """
+        import time
+
+        import ray
+
+        if self.reporter is None or self.get_world_size() == 1:
+            return [value]
+        key = f"{self.attempt}:{self._gathers}"
+        self._gathers += 1
+        ray.get(self.reporter.gather.remote(key, self.get_rank(), value))
+        deadline, wait = time.monotonic() + timeout, 0.001
+        while True:
+            values = ray.get(self.reporter.gathered.remote(key, self.get_world_size()))
+            if values is not None:
+                return list(values)
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"rank {self.get_rank()}: the other ranks did not reach allgather #{key} "
+                    f"within {timeout:.0f} s"
+                )
+            time.sleep(wait)
+            wait = min(0.05, wait * 2)
 
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None) -> None:
         """Report metrics (rank 0's are kept as the job's) and optionally a checkpoint.

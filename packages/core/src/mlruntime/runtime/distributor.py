@@ -34,6 +34,7 @@ from mlruntime.runtime.scaling import (
     ScalingConfig,
     resolve_scaling,
 )
+from mlruntime.runtime.staging import StagedInputs
 from mlruntime.runtime.workers import RankFailure, WorkerGroup
 from mlruntime.store import storage
 
@@ -260,12 +261,15 @@ class Distributor:
 
         Args:
             train_func: A picklable function of no arguments.
-            dataset_map: Name -> DataConnector; each rank gets its own shard, read straight
-                from storage on the worker. A ShardedDataConnector is passed as is.
+            dataset_map: Name -> DataConnector. A ShardedDataConnector is split: each rank
+                reads only its part (``get_shard()``), straight from storage; a plain
+                DataConnector gives every rank all its rows. Frames and DuckDB results are
+                staged once first (object store or Parquet under the run folder).
             hyper_params: What ``get_context().get_hyper_params()`` returns, types kept.
             artifact_location: Folder for the run's model dir and checkpoints (default: a new
-                folder under ``MLRUNTIME_HOME/runs``).
-            equal_shards: Give every rank the same number of rows (the remainder is dropped).
+                folder under the storage's ``runs/``).
+            equal_shards: For ShardedDataConnectors made without ``equal``: give every rank
+                the same number of rows (the remainder is dropped).
             on_metrics: Also called with every metrics dict rank 0 reports.
             progress_total: Reports expected (rounds, epochs), for the progress bar.
 
@@ -310,17 +314,33 @@ class Distributor:
         datasets = _check_dataset_map(dataset_map)
         params = dict(hyper_params or {})
         _check_sendable("hyper_params", params)
-        for name, value in datasets.items():
-            if isinstance(value, ShardedDataConnector):  # sent whole; plain ones as pieces
-                _check_sendable(f"dataset_map[{name!r}]", value)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
         run_dir = os.fspath(artifact_location) if artifact_location else _default_run_dir(self.name)
         check_storage_reachable(run_dir)
         storage.makedirs(run_dir)
+        with StagedInputs(storage.join(run_dir, "inputs")) as staged:
+            if datasets:
+                progress.phase("stage", "staging inputs")
+                datasets = staged.stage_map(datasets)
+                for name, value in datasets.items():
+                    _check_sendable(f"dataset_map[{name!r}]", value)
+            per_rank = _plan_datasets(datasets, scaling.num_workers, equal_shards)
+            return self._attempts(fn, progress, scaling, run_dir, per_rank, params, on_metrics)
+
+    def _attempts(
+        self,
+        fn: Callable[[], Any],
+        progress: Progress,
+        scaling: ResolvedScaling,
+        run_dir: str,
+        per_rank: list[dict[str, Any]],
+        params: dict[str, Any],
+        on_metrics: Callable[[dict[str, Any]], None] | None,
+    ) -> Result:
+        """Place, run and restart until the job succeeds or runs out of restarts."""
         model_dir = storage.join(run_dir, "model")
         checkpoint_dir = storage.join(run_dir, "checkpoints")
-        per_rank = _shard_datasets(datasets, scaling.num_workers, equal_shards)
         key = (scaling, type(self.backend).__qualname__)
         attempts: list[AttemptRecord] = []
         checkpoint: str | None = None
@@ -490,14 +510,17 @@ def _check_dataset_map(dataset_map: Any) -> dict[str, Any]:
     return dict(dataset_map)
 
 
-def _shard_datasets(datasets: dict[str, Any], world: int, equal: bool) -> list[dict[str, Any]]:
-    """Plan each rank's part on the driver: pieces only; the workers read the rows."""
+def _plan_datasets(datasets: dict[str, Any], world: int, equal: bool) -> list[dict[str, Any]]:
+    """Each rank's dataset_map, planned on the driver (the workers read the rows): a
+    ShardedDataConnector becomes one copy per rank that knows its shard; a plain DataConnector
+    goes whole to every rank."""
     per_rank: list[dict[str, Any]] = [{} for _ in range(world)]
     for name, value in datasets.items():
         if isinstance(value, ShardedDataConnector):
-            for rank_map in per_rank:
-                rank_map[name] = value
+            shards = value.plan(world, equal=value.equal if value.equal is not None else equal)
+            for rank, shard in enumerate(shards):
+                per_rank[rank][name] = value.assign(rank, world, shard)
             continue
-        for rank, shard in enumerate(value.shard(world, equal=equal)):
-            per_rank[rank][name] = shard
+        for rank_map in per_rank:
+            rank_map[name] = value
     return per_rank

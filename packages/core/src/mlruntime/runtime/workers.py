@@ -160,6 +160,18 @@ class _JobState:
         self.events: list[tuple[str, Any]] = []
         self.checkpoint = checkpoint
         self.checkpoints_reported = 0
+        self.gathers: dict[str, dict[int, Any]] = {}
+
+    def gather(self, key: str, rank: int, value: Any) -> None:
+        """Add ``rank``'s ``value`` to the all-gather ``key``."""
+        self.gathers.setdefault(key, {})[rank] = value
+
+    def gathered(self, key: str, world: int) -> list[Any] | None:
+        """Every rank's value of ``key`` by rank, or ``None`` while some are missing."""
+        values = self.gathers.get(key, {})
+        if len(values) < world:
+            return None
+        return [values[r] for r in range(world)]
 
     def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         self.history.append(metrics)

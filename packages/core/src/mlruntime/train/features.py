@@ -17,8 +17,11 @@ __all__ = [
     "PeakMemory",
     "as_connector",
     "check_training_columns",
+    "count_nulls",
     "feature_batches",
     "is_categorical",
+    "known_null_count",
+    "null_label_error",
     "table_to_matrix",
 ]
 
@@ -94,13 +97,16 @@ def check_training_columns(
     weight_col: str | None = None,
     *,
     what: str = "dataset",
-    check_null_labels: bool = True,
+    check_null_labels: bool | str = True,
     allow_categorical: bool = False,
 ) -> list[str]:
     """Check the columns of a training input and return the feature columns.
 
     ``input_cols=None`` means every column except the label and weight. With
     ``allow_categorical``, string and dictionary features are accepted as categorical.
+    ``check_null_labels``: ``True`` reads the label column to count nulls; ``"known"`` counts
+    them only where that needs no reading (in-memory Arrow data; the distributed estimators
+    count the rest on their workers); ``False`` skips the check.
 
     Raises:
         ColumnError: For a column not in the data, or a feature/label/weight that is not
@@ -134,16 +140,43 @@ def check_training_columns(
                     "(int, float, bool, decimal) — encode or cast it first"
                 )
     if label_col is not None and check_null_labels:
-        nulls = sum(
-            t.column(0).null_count
-            for t in connector.select([label_col])._tables(connector.pieces())
-        )
+        if check_null_labels == "known":
+            nulls = known_null_count(connector, label_col) or 0
+        else:
+            nulls = count_nulls(connector, label_col)
         if nulls:
-            raise DataError(
-                f"{what}: label column {label_col!r} has {nulls} null value(s); drop or fill "
-                "those rows first"
-            )
+            raise null_label_error(what, label_col, nulls)
     return features
+
+
+def null_label_error(what: str, label_col: str, nulls: int) -> DataError:
+    """The error for ``nulls`` null labels in ``what`` (``"dataset"``, ``"eval_set"``)."""
+    return DataError(
+        f"{what}: label column {label_col!r} has {nulls} null value(s); drop or fill those "
+        "rows first"
+    )
+
+
+def count_nulls(connector: DataConnector, column: str) -> int:
+    """Nulls in ``column``, reading only that column of the connector's rows."""
+    return sum(t.column(0).null_count for t in connector.iter_tables(columns=[column]))
+
+
+def known_null_count(connector: DataConnector, column: str) -> int | None:
+    """Nulls in ``column`` when known without reading data (every piece in memory), else
+    ``None``."""
+    from mlruntime.data.sources import ArrowFragment, ArrowSource
+
+    if not connector.is_shard and not all(isinstance(s, ArrowSource) for s in connector.sources):
+        return None  # listing pieces would run a query or read file footers
+    total = 0
+    for piece in connector.pieces():
+        fragment = piece.fragment
+        if not isinstance(fragment, ArrowFragment):
+            return None
+        stop = piece.stop if piece.stop is not None else fragment.num_rows
+        total += fragment.table.column(column).slice(piece.start, stop - piece.start).null_count
+    return total
 
 
 def feature_batches(

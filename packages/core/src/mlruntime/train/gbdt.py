@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlruntime.data.connector import DataConnector
-from mlruntime.errors import ConfigError, MLRuntimeError, WorkerError
+from mlruntime.data.connector import DataConnector, ShardedDataConnector
+from mlruntime.errors import ConfigError, DataError, MLRuntimeError, WorkerError
 from mlruntime.runtime.distributor import Backend, Distributor, Result
 from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.train.features import as_connector, check_training_columns
@@ -213,10 +213,17 @@ class GBDTEstimator:
         """
         train = as_connector(dataset, "dataset")
         categorical = self.allow_categorical
+        # Null labels are counted here only where that reads nothing (in-memory frames); the
+        # workers count them in their own shards before training (run_trainer).
         features = check_training_columns(
-            train, input_cols, label_col, weight_col, allow_categorical=categorical
+            train,
+            input_cols,
+            label_col,
+            weight_col,
+            allow_categorical=categorical,
+            check_null_labels="known",
         )
-        datasets = {"train": train}
+        datasets: dict[str, DataConnector] = {"train": ShardedDataConnector(train, equal=False)}
         evals, eval_weight = None, None
         if eval_set is not None:
             evals = as_connector(eval_set, "eval_set")
@@ -228,6 +235,7 @@ class GBDTEstimator:
                 eval_weight,
                 what="eval_set",
                 allow_categorical=categorical,
+                check_null_labels="known",
             )
         params = self._train_params()
         distributor = self._distributor(verbose_eval)
@@ -237,7 +245,6 @@ class GBDTEstimator:
             "label": label_col,
             "weight": weight_col,
             "eval_weight": eval_weight,
-            "eval": None,
             "rounds": self.n_estimators,
             "callbacks": self.callbacks,
             "checkpoint_every": (
@@ -245,11 +252,10 @@ class GBDTEstimator:
             ),
         }
         spec.update(self._prepare(train, features, distributor.resolve()))
-        if evals is not None:
-            if self.shard_eval:
-                datasets["eval"] = evals
-            else:
-                spec["eval"] = evals
+        if evals is not None:  # sharded, or whole on every rank (a plain connector)
+            datasets["eval"] = (
+                ShardedDataConnector(evals, equal=False) if self.shard_eval else evals
+            )
         result = self._run(distributor, partial(run_trainer, self._trainer(), spec), datasets)
         out = result.return_values[0]
         booster = self._trainer().load(out["model"])
@@ -265,9 +271,13 @@ class GBDTEstimator:
         try:
             return distributor.run(fn, dataset_map=datasets, progress_total=self.n_estimators)
         except WorkerError as err:
-            rejected = [f.exception for f in err.failures if isinstance(f.exception, ConfigError)]
-            if rejected:  # the framework refused the parameters: say so, not "a worker failed"
-                raise rejected[0] from err
+            rejected = [
+                f.exception
+                for f in err.failures
+                if isinstance(f.exception, (ConfigError, DataError))
+            ]
+            if rejected:  # the framework refused the parameters, or the data has null labels:
+                raise rejected[0] from err  # say so, not "a worker failed"
             raise
 
     def get_booster(self) -> Any:

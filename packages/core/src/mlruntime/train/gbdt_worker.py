@@ -13,15 +13,17 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mlruntime.data.connector import ShardedDataConnector
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Checkpoint, Context, get_context
-from mlruntime.train.features import PeakMemory
+from mlruntime.train.features import PeakMemory, count_nulls, null_label_error
 
 __all__ = [
     "EvalHistory",
     "GBDTTrainer",
     "ResumeState",
     "RoundReporter",
+    "check_labels",
     "merge_evals",
     "run_trainer",
 ]
@@ -148,6 +150,31 @@ class GBDTTrainer:
         return "cpu"
 
 
+LABELLED = {"train": "dataset", "eval": "eval_set"}
+"""The datasets of a GBDT job whose labels are checked, and what errors call them."""
+
+
+def check_labels(ctx: Context, label: str) -> None:
+    """Count null labels in this rank's data, add up every rank's counts, and raise the same
+    error on every rank if there are any (before any rank joins the framework's collective).
+
+    Raises:
+        DataError: If the training or eval data has null labels.
+    """
+    data = ctx.get_dataset_map()
+    local = {name: count_nulls(data[name], label) for name in LABELLED if name in data}
+    counts = ctx.allgather(local)
+    for name, what in LABELLED.items():
+        if name not in data:
+            continue
+        if isinstance(data[name], ShardedDataConnector):
+            nulls = sum(c[name] for c in counts)
+        else:  # every rank read all of it
+            nulls = counts[0][name]
+        if nulls:
+            raise null_label_error(what, label, nulls)
+
+
 def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     """Runs on every rank: build the matrices, resume, boost; rank 0 returns the model.
 
@@ -155,6 +182,7 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     """
     ctx = get_context()
     memory = PeakMemory()
+    check_labels(ctx, spec["label"])
     params = trainer.params(ctx, spec)
     try:
         with trainer.join(ctx, params):

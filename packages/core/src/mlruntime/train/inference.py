@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from mlruntime.data.batching import check_batch_size
-from mlruntime.data.connector import DataConnector
+from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ColumnError, ConfigError
+from mlruntime.runtime.cluster import check_storage_reachable
 from mlruntime.runtime.context import get_context
 from mlruntime.runtime.distributor import Distributor
 from mlruntime.train.features import as_connector, check_training_columns, table_to_matrix
@@ -104,6 +105,27 @@ def _score_shard(
     return rows
 
 
+def _check_sink_reachable(sink: Any, staging: Any) -> None:
+    """Fail before any worker starts if other nodes cannot write where ``sink`` stages."""
+    if not isinstance(staging, str):
+        return
+    try:
+        check_storage_reachable(staging)  # connects to Ray if needed
+    except ConfigError as exc:
+        from mlruntime.store.sinks import ParquetSink
+
+        hint = ""
+        if isinstance(sink, ParquetSink):
+            hint = (
+                ". A ParquetSink stages next to its folder: write to a folder every node "
+                "reaches (s3://bucket/folder, a shared mount)"
+            )
+        raise ConfigError(
+            f"{sink!r} stages the workers' parts in {staging!r}, which not every node can "
+            f"reach: {exc}{hint}"
+        ) from exc
+
+
 def score_to_sink(
     run: Callable[..., Any],
     connector: DataConnector,
@@ -115,8 +137,9 @@ def score_to_sink(
 ) -> Any:
     """Score ``connector`` on every worker and write ``key_cols`` + predictions to ``sink``.
 
-    Each worker reads its shard straight from storage and stages one part; the driver commits
-    once, so the sink holds all the predictions or none.
+    Each worker reads its shard straight from storage and stages one part where the sink
+    stages (on storage every node must reach); the driver commits once, so the sink holds all
+    the predictions or none.
 
     Args:
         run: A distributor's ``run``.
@@ -128,6 +151,8 @@ def score_to_sink(
 
     Raises:
         ColumnError: For unknown key columns.
+        ConfigError: If the sink stages in a folder of the driver's machine that other nodes
+            of the cluster cannot see (before any worker starts; nothing is written).
         WorkerError: If scoring fails on any worker (nothing is written).
     """
     key_cols = list(key_cols)
@@ -140,9 +165,10 @@ def score_to_sink(
         raise ConfigError(f"output column {output_col!r} clashes with a key column")
     transaction = sink.begin()
     try:
+        _check_sink_reachable(sink, getattr(transaction, "staging", None))
         run(
             partial(_score_shard, predict, input_cols, key_cols, output_col, transaction),
-            dataset_map={"data": connector},
+            dataset_map={"data": ShardedDataConnector(connector, equal=False)},
         )
         return transaction.commit()
     except BaseException:
