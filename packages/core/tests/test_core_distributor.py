@@ -419,3 +419,38 @@ def test_a_job_on_the_driver_machine_uses_loopback_addresses_only(
         assert ray.get(group.actors[0].free_port.remote("127.0.0.1")) > 0
     finally:
         group.shutdown()
+
+
+def csv_ids() -> list[int]:
+    data = get_context().get_dataset_map()["data"]
+    return [int(i) for b in data.to_batches(1000, drop_last_batch=False) for i in b["id"]]
+
+
+@pytest.mark.parametrize("equal", [False, True])
+def test_csv_files_are_split_by_bytes_and_counted_on_the_workers(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, equal: bool
+) -> None:
+    import pyarrow.csv as pcsv
+
+    from mlruntime.data import sources
+
+    monkeypatch.setattr(sources, "CSV_MIN_RANGE_BYTES", 4096)
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    table = sample_table(0, 30_001)
+    pcsv.write_csv(table, folder / "big.csv")
+    sharded = ShardedDataConnector.from_sources(folder, equal=equal)
+    pieces = sharded.pieces()
+    assert len(pieces) == 16 and all(p.num_rows is None for p in pieces)  # byte ranges
+
+    # The driver plans without parsing: no range learns its row count on the driver.
+    result = quiet().run(csv_ids, dataset_map={"data": sharded}, artifact_location=tmp_path)
+    assert all(p.fragment.num_rows is None for p in sharded.pieces())
+    ids0, ids1 = result.return_values
+    assert not set(ids0) & set(ids1)
+    if equal:  # counted on the workers, then cut into equal parts: only the last row dropped
+        assert len(ids0) == len(ids1) == 15_000
+        assert sorted(ids0 + ids1) == list(range(30_000))
+    else:  # whole ranges balanced by bytes: every row once
+        assert sorted(ids0 + ids1) == list(range(30_001))
+        assert abs(len(ids0) - len(ids1)) < 30_001 // 8

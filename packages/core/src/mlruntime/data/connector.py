@@ -31,6 +31,7 @@ from mlruntime.data.batching import (
 from mlruntime.data.convert import column_to_numpy
 from mlruntime.data.inputs import DuckDBSource, source_from_object
 from mlruntime.data.sources import Fragment, Source, check_same_schema
+from mlruntime.data.worker import allgather as worker_allgather
 from mlruntime.data.worker import current_rank
 from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerError
 
@@ -249,6 +250,9 @@ class DataConnector:
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
             raise ConfigError(f"shard count must be a positive integer, got {n!r}")
         pieces = self.pieces()
+        if not equal and len(pieces) >= n and any(p.num_rows is None for p in pieces):
+            # Row counts unknown without parsing (CSV ranges): whole pieces, balanced by bytes.
+            return [self._derive(pieces=[pieces[i] for i in g]) for g in byte_groups(pieces, n)]
         counts = [_piece_rows(p) for p in pieces]
         total = sum(counts)
         if total == 0:
@@ -528,6 +532,23 @@ def _streams_to_numpy(typ: pa.DataType) -> bool:
     return bool(pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ))
 
 
+def byte_groups(pieces: Sequence[Piece], n: int) -> list[list[int]]:
+    """Indices of ``pieces`` in ``n`` contiguous groups of about equal bytes (a piece whose
+    size is unknown counts as the average of the others)."""
+    sizes = [getattr(p.fragment, "nbytes", None) for p in pieces]
+    known = [s for s in sizes if s]
+    default = (sum(known) / len(known)) if known else 1.0
+    weights = [float(s) if s else default for s in sizes]
+    total = sum(weights)
+    groups: list[list[int]] = [[] for _ in range(n)]
+    acc = 0.0
+    for i, weight in enumerate(weights):
+        middle = acc + weight / 2  # a piece goes to the group its middle falls in
+        groups[min(n - 1, int(middle * n / total))].append(i)
+        acc += weight
+    return groups
+
+
 def _piece_rows(piece: Piece) -> int:
     rows = piece.num_rows
     if rows is None:
@@ -669,6 +690,9 @@ class ShardedDataConnector(DataConnector):
             shard = self._assigned[2]
         else:
             shard = self.plan(world_size)[rank]
+        if isinstance(shard, _Deferred):
+            shard = self._count_on_workers(rank, world_size)
+            self._assigned = (rank, world_size, shard)  # once: every rank gathers once
         return shard._derive(columns=self._columns) if self._columns is not None else shard
 
     def plan(self, world_size: int, equal: bool | None = None) -> list[DataConnector]:
@@ -680,7 +704,12 @@ class ShardedDataConnector(DataConnector):
         """
         if equal is None:
             equal = bool(self.equal)
-        return DataConnector.shard(self._as_plain(), world_size, equal=equal)
+        plain = self._as_plain()
+        if equal and any(p.num_rows is None for p in plain.pieces()):
+            # Equal parts need row counts, which these pieces (CSV ranges) learn only when
+            # read: the workers count them (see _count_on_workers), not the driver.
+            return [_Deferred(world_size, equal) for _ in range(world_size)]  # type: ignore[misc]
+        return DataConnector.shard(plain, world_size, equal=equal)
 
     def assign(self, rank: int, world_size: int, shard: DataConnector) -> ShardedDataConnector:
         """A copy that knows its shard for ``rank`` of ``world_size`` (a job sends each rank
@@ -704,6 +733,21 @@ class ShardedDataConnector(DataConnector):
 
     def _single_duckdb(self) -> DuckDBSource | None:
         return None if current_rank(use_env=False) is not None else super()._single_duckdb()
+
+    def _count_on_workers(self, rank: int, world_size: int) -> DataConnector:
+        """Equal shards of pieces whose row counts are unknown: every rank counts the rows of
+        about 1/world of the bytes, the counts are all-gathered, and every rank then plans
+        the same exact, equal shards."""
+        plain = self._as_plain()
+        pieces = plain.pieces()
+        mine = byte_groups(pieces, world_size)[rank] if len(pieces) >= world_size else []
+        if len(pieces) < world_size and rank == 0:
+            mine = list(range(len(pieces)))
+        counted = {i: _piece_rows(pieces[i]) for i in mine}
+        for counts in worker_allgather(counted):
+            for i, rows in counts.items():
+                pieces[i].fragment.num_rows = rows
+        return DataConnector.shard(plain, world_size, equal=True)[rank]
 
     def _as_plain(self) -> DataConnector:
         return DataConnector._derive(self)
@@ -729,6 +773,14 @@ class ShardedDataConnector(DataConnector):
 
     def __repr__(self) -> str:
         return f"Sharded{super().__repr__()[:-1]}, equal={self.equal})"
+
+
+class _Deferred:
+    """A shard planned on the workers (see ``ShardedDataConnector._count_on_workers``)."""
+
+    def __init__(self, world_size: int, equal: bool) -> None:
+        self.world_size = world_size
+        self.equal = equal
 
 
 def _check_equal(value: Any) -> bool | None:

@@ -319,46 +319,112 @@ def _read_footer(fs: pafs.FileSystem, path: str) -> tuple[str, pq.FileMetaData]:
 # -- CSV ----------------------------------------------------------------------------------------
 
 
+CSV_RANGE_BYTES = 64 * 1024 * 1024
+"""CSV files are read in byte ranges of at most this size (one fragment each)."""
+
+CSV_MIN_RANGE_BYTES = 1024 * 1024
+"""Files are cut into up to 16 ranges, but none smaller than this."""
+
+
 @dataclass
 class CSVFragment(Fragment):
-    """One CSV file, parsed with fixed column types so every file agrees."""
+    """Bytes ``[start, stop)`` of one CSV file, parsed with fixed column types so every
+    fragment agrees. ``stop=None``: to the end.
+
+    A range holds the records whose first byte lies in it: it starts after the first newline
+    at or after ``start - 1`` and ends with the record that crosses ``stop``. Finding those
+    two newlines reads a few bytes around each cut; nothing else of the file is parsed until
+    the fragment is read (on a worker). Cutting by bytes assumes no quoted field holds a
+    newline; pass ``CSVSource(..., split=False)`` for such files.
+    """
 
     path: str
     filesystem: pafs.FileSystem = field(repr=False)
     column_types: dict[str, pa.DataType] = field(repr=False)
     delimiter: str = ","
     num_rows: int | None = None
+    start: int = 0
+    stop: int | None = None
+    nbytes: int | None = None
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        names = list(self.column_types)
         convert = pcsv.ConvertOptions(
             column_types=self.column_types,
             include_columns=list(columns) if columns is not None else None,
         )
+        parse = pcsv.ParseOptions(delimiter=self.delimiter)
         try:
-            with self.filesystem.open_input_stream(self.path) as stream:
-                table = pcsv.read_csv(
-                    stream,
-                    parse_options=pcsv.ParseOptions(delimiter=self.delimiter),
-                    convert_options=convert,
-                )
+            if self.start == 0 and self.stop is None:
+                with self.filesystem.open_input_stream(self.path) as stream:
+                    table = pcsv.read_csv(stream, parse_options=parse, convert_options=convert)
+            else:
+                data = self._range_bytes()
+                read = pcsv.ReadOptions(column_names=names, skip_rows=1 if self.start == 0 else 0)
+                if not data or (self.start == 0 and _one_line(data)):  # no records
+                    table = pa.schema(list(self.column_types.items())).empty_table()
+                    if columns is not None:
+                        table = table.select(list(columns))
+                else:
+                    table = pcsv.read_csv(
+                        pa.BufferReader(data),
+                        read_options=read,
+                        parse_options=parse,
+                        convert_options=convert,
+                    )
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"cannot read CSV file {self.path!r}: {exc}") from exc
         self.num_rows = table.num_rows
         return table
 
+    def _range_bytes(self) -> bytes:
+        with self.filesystem.open_input_file(self.path) as handle:
+            size = handle.size()
+            begin = 0 if self.start == 0 else _line_start_at(handle, self.start, size)
+            end = size if self.stop is None else _line_start_at(handle, self.stop, size)
+            if end <= begin:
+                return b""
+            return bytes(handle.read_at(end - begin, begin))
+
     def describe(self) -> str:
-        return self.path
+        if self.start == 0 and self.stop is None:
+            return self.path
+        return f"{self.path}[bytes {self.start}:{self.stop if self.stop is not None else ''}]"
+
+
+def _one_line(data: bytes) -> bool:
+    """Whether ``data`` is at most one line (a header without records)."""
+    return not data.rstrip(b"\r\n").count(b"\n")
+
+
+def _line_start_at(handle: Any, position: int, size: int) -> int:
+    """The first record start at or after ``position``: just past the first newline at or
+    after ``position - 1`` (so a record starting exactly at ``position`` counts)."""
+    offset = position - 1
+    while offset < size:
+        block = bytes(handle.read_at(min(65536, size - offset), offset))
+        found = block.find(b"\n")
+        if found >= 0:
+            return offset + found + 1
+        offset += len(block)
+    return size
 
 
 class CSVSource(Source):
     """CSV files, folders and globs. Column types are inferred from the first file's first
     block and then fixed for every file.
 
+    Uncompressed files are cut into byte ranges (up to 64 MiB, up to 16 per file, at least
+    1 MiB), so several workers can read one large file and the driver never parses rows:
+    row counts are learned when the ranges are read.
+
     Args:
         paths: Files, folders, globs or URIs.
         filesystem: A pyarrow or fsspec filesystem.
         delimiter: Field delimiter.
         column_types: Types to force for some columns (the rest are inferred).
+        split: Cut files into byte ranges (``False`` for files whose quoted fields hold
+            newlines: each file is then read whole).
     """
 
     def __init__(
@@ -367,11 +433,13 @@ class CSVSource(Source):
         filesystem: Any = None,
         delimiter: str = ",",
         column_types: dict[str, pa.DataType] | None = None,
+        split: bool = True,
     ) -> None:
         self._locations = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self._filesystem_arg = filesystem
         self._delimiter = delimiter
         self._column_types = dict(column_types or {})
+        self._split = split
         self._resolved: tuple[pa.Schema, list[Fragment]] | None = None
 
     def _resolve(self) -> tuple[pa.Schema, list[Fragment]]:
@@ -388,9 +456,34 @@ class CSVSource(Source):
             except (OSError, pa.ArrowException) as exc:
                 raise SourceError(f"cannot read CSV file {files[0]!r}: {exc}") from exc
             types = {f.name: f.type for f in schema}
-            fragments: list[Fragment] = [CSVFragment(p, fs, types, self._delimiter) for p in files]
+            fragments: list[Fragment] = []
+            sizes = [info.size for info in fs.get_file_info(files)]
+            for path, size in zip(files, sizes, strict=True):
+                fragments.extend(self._ranges(fs, path, types, size))
             self._resolved = (schema, fragments)
         return self._resolved
+
+    def _ranges(
+        self, fs: pafs.FileSystem, path: str, types: dict[str, pa.DataType], size: int | None
+    ) -> list[Fragment]:
+        whole = CSVFragment(path, fs, types, self._delimiter, nbytes=size)
+        if not self._split or size is None or path.lower().endswith(".gz"):
+            return [whole]
+        step = max(CSV_MIN_RANGE_BYTES, min(CSV_RANGE_BYTES, -(-size // 16)))
+        if size <= step:
+            return [whole]
+        return [
+            CSVFragment(
+                path,
+                fs,
+                types,
+                self._delimiter,
+                start=begin,
+                stop=min(begin + step, size) if begin + step < size else None,
+                nbytes=min(step, size - begin),
+            )
+            for begin in range(0, size, step)
+        ]
 
     @property
     def schema(self) -> pa.Schema:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlruntime.data.worker import set_current_rank
+from mlruntime.data.worker import set_allgather, set_current_rank
 from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
 
 __all__ = [
@@ -431,5 +431,7 @@ def _set_context(context: Context | None) -> None:
     _current = context
     if context is None:
         set_current_rank(None)
+        set_allgather(None)
     else:
         set_current_rank(context.get_rank(), context.get_world_size())
+        set_allgather(context.allgather)
