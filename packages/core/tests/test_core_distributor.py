@@ -124,13 +124,23 @@ def table_dc() -> DataConnector:
 def test_a_duckdb_table_is_staged_and_each_rank_reads_its_part(
     ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ray
+
     from mlruntime.runtime import staging
 
     session = mlruntime.Session(tmp_path / "w.duckdb")
-    session.create_table("t", sample_table(0, 5000))
-    # small results go to the object store; past the threshold they stream to Parquet
-    for threshold, expected in ((1 << 30, "ObjectSource"), (1000, "ParquetSource")):
-        monkeypatch.setattr(staging, "SMALL_RESULT_BYTES", threshold)
+    table = sample_table(0, 200_000)
+    session.create_table("t", table)
+    store = ray.cluster_resources()["object_store_memory"]
+    one_batch = table.nbytes / table.num_rows * staging.DUCKDB_BATCH_ROWS
+    # Streamed batch by batch into the object store while the job's budget allows, the rest
+    # into Parquet under the run folder.
+    for share, expected in (
+        (0.25, ["ObjectSource"]),  # the default: all of it fits
+        (1.5 * one_batch / store, ["ObjectSource", "ParquetSource"]),  # one batch fits
+        (1e-12, ["ParquetSource"]),  # nothing fits
+    ):
+        monkeypatch.setattr(staging, "OBJECT_STORE_SHARE", share)
         sharded = ShardedDataConnector.from_dataframe(session.table("t"))
         result = quiet().run(
             count_shard_rows,
@@ -141,9 +151,10 @@ def test_a_duckdb_table_is_staged_and_each_rank_reads_its_part(
             artifact_location=tmp_path,
         )
         r0, r1 = result.return_values
-        assert sorted(r0["shard"] + r1["shard"]) == list(range(5000))
-        assert r0["plain"] == list(range(5000))
-        assert r0["sources"] == [expected]
+        assert sorted(r0["shard"] + r1["shard"]) == list(range(200_000))
+        assert r0["plain"] == r1["plain"] == list(range(200_000))
+        assert r0["sources"] == expected
+    assert not (tmp_path / "inputs").exists()
     session.close()
 
 

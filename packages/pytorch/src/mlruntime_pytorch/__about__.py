@@ -1,3 +1,3 @@
 """The ``mlruntime-pytorch`` version: the one place it is kept (hatchling reads it)."""
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"

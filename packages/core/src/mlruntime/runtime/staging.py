@@ -4,14 +4,17 @@ A pandas/polars/Arrow frame sits in the driver's memory and a DuckDB relation ca
 through the driver's connection. Before a job starts they are staged once, and each rank then
 reads only its own part, from wherever it runs:
 
-- **objects**: each fragment (131,072 rows) is put into Ray's object store once, as Arrow IPC;
-  a rank fetches only the fragments of its shard (zero-copy on the driver's machine). The
-  fastest way at every size that fits the object store comfortably.
+- **objects**: each fragment (131,072 rows of a frame, 65,536 rows of a DuckDB result) is put
+  into Ray's object store once; a rank fetches only the fragments of its shard (zero-copy on
+  the driver's machine). The fastest way, used while the job's staged objects stay within a
+  quarter of the cluster's object store.
 - **parquet**: the rows are written as Parquet files under the job's folder on the storage
   (``<run>/inputs/``); ranks read their row groups straight from there. Used for frames
-  larger than a quarter of the cluster's object store, and for DuckDB results beyond
-  ``SMALL_RESULT_BYTES``, which are streamed from DuckDB batch by batch, so the driver never
-  holds more than a batch of a warehouse table.
+  larger than that budget, and for the part of a DuckDB result past it.
+
+DuckDB results are streamed batch by batch either way, so the driver never holds more than a
+batch of a warehouse table (DuckDB itself caches the table blocks it scans, up to its
+``memory_limit``).
 
 ``MLRUNTIME_STAGE=objects|parquet`` forces one way (``auto`` is the default). Staged Parquet
 files are removed when the job ends, however it ends; objects are released with the job.
@@ -48,11 +51,11 @@ __all__ = [
 STAGE_ENV = "MLRUNTIME_STAGE"
 """How driver-held inputs are staged: ``auto`` (default), ``objects`` or ``parquet``."""
 
-SMALL_RESULT_BYTES = 32 * 1024 * 1024
-"""DuckDB results up to this size go to the object store; larger ones stream to Parquet."""
-
 OBJECT_STORE_SHARE = 0.25
 """Frames up to this share of the cluster's object store memory are staged as objects."""
+
+DUCKDB_BATCH_ROWS = 65_536
+"""Rows fetched from DuckDB at once while staging (each becomes a row group)."""
 
 ROWS_PER_FILE = 1_048_576
 """Rows per staged Parquet file (row groups of ``DEFAULT_ROWS_PER_FRAGMENT`` rows)."""
@@ -69,7 +72,13 @@ class ObjectFragment(Fragment):
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         import ray
 
-        table = pa.ipc.open_stream(ray.get(self.ref)).read_all()
+        value = ray.get(self.ref)
+        if isinstance(value, pa.RecordBatch):
+            table = pa.Table.from_batches([value])
+        elif isinstance(value, pa.Table):
+            table = value
+        else:  # an IPC stream
+            table = pa.ipc.open_stream(value).read_all()
         return table if columns is None else table.select(list(columns))
 
     def describe(self) -> str:
@@ -128,6 +137,7 @@ class StagedInputs:
         self.refs: list[Any] = []
         self.wrote = False
         self.staged_bytes = 0
+        self.object_bytes = 0
         self._budget: float | None = None
 
     def __enter__(self) -> StagedInputs:
@@ -161,65 +171,83 @@ class StagedInputs:
         if not any(_driver_held(s) for s in sources):
             return connector
         columns = connector._columns
-        staged = [
-            self._stage_source(s, columns, f"{name}-{i}") if _driver_held(s) else s
-            for i, s in enumerate(sources)
-        ]
+        staged: list[Source] = []
+        for i, source in enumerate(sources):
+            if _driver_held(source):
+                staged.extend(self._stage_source(source, columns, f"{name}-{i}"))
+            else:
+                staged.append(source)
         if isinstance(connector, ShardedDataConnector):
             return ShardedDataConnector(staged, columns=columns, equal=connector.equal)
         return DataConnector(staged, columns=columns)
 
-    def _stage_source(self, source: Source, columns: list[str] | None, name: str) -> Source:
+    def _stage_source(self, source: Source, columns: list[str] | None, name: str) -> list[Source]:
         if isinstance(source, DuckDBSource) and source._arrow is not None:
             source = source._arrow
         if isinstance(source, ArrowSource):
             table = source.table if columns is None else source.table.select(columns)
             mode = self.mode
             if mode == "auto":
-                mode = "objects" if table.nbytes <= self._object_budget() else "parquet"
-            if mode == "objects":
-                return self._to_objects(_slices(table), table.schema, source.label)
-            return self._to_parquet(_slices(table), table.schema, name, source.describe())
+                mode = "objects" if self._fits(table.nbytes) else "parquet"
+            if mode == "objects":  # slices pickle their parents' buffers: copy as IPC
+                return [self._to_objects(_slices(table), table.schema, source.label, ipc=True)]
+            return [self._to_parquet(_slices(table), table.schema, name, source.describe())]
         assert isinstance(source, DuckDBSource)
         return self._stage_duckdb(source, columns, name)
 
-    def _stage_duckdb(self, source: DuckDBSource, columns: list[str] | None, name: str) -> Source:
+    def _stage_duckdb(
+        self, source: DuckDBSource, columns: list[str] | None, name: str
+    ) -> list[Source]:
         import duckdb
 
         relation = source.relation
         if columns is not None:
             relation = relation.select(*[_quote(c) for c in columns])
         try:
-            reader = relation.to_arrow_reader(DEFAULT_ROWS_PER_FRAGMENT)
+            reader = relation.to_arrow_reader(DUCKDB_BATCH_ROWS)
         except duckdb.Error as exc:
             raise SourceError(f"DuckDB query failed ({source.label}): {exc}") from exc
         label = f"duckdb {source.label}"
         batches = _batches(reader, source.label)
         if self.mode == "parquet":
-            return self._to_parquet(batches, reader.schema, name, label)
-        # Keep the first batches until the result proves larger than SMALL_RESULT_BYTES.
-        held: list[pa.RecordBatch] = []
-        size = 0
-        for batch in batches:
-            held.append(batch)
-            size += batch.nbytes
-            if self.mode == "auto" and size > SMALL_RESULT_BYTES:
-                return self._to_parquet(_chain(held, batches), reader.schema, name, label)
-        return self._to_objects(held, reader.schema, label)
+            return [self._to_parquet(batches, reader.schema, name, label)]
+        # Batch by batch into the object store while it has room, the rest into Parquet: the
+        # driver holds one batch at a time either way.
+        stream = _Stream(batches)
+        objects = self._to_objects(stream, reader.schema, label, ipc=False, stop=True)
+        if stream.exhausted():
+            return [objects]
+        overflow = self._to_parquet(stream, reader.schema, name, label)
+        return [objects, overflow] if objects.fragments() else [overflow]
 
     # -- the two ways -------------------------------------------------------------------------
 
     def _to_objects(
-        self, parts: Iterable[pa.Table | pa.RecordBatch], schema: pa.Schema, label: str
+        self,
+        parts: Iterable[pa.Table | pa.RecordBatch],
+        schema: pa.Schema,
+        label: str,
+        *,
+        ipc: bool,
+        stop: bool = False,
     ) -> Source:
+        """Put each part into the object store (``ipc``: as a compact IPC copy). With
+        ``stop`` (``parts`` is then a :class:`_Stream`), stop before the part that would pass
+        the object-store budget, handing it back to the stream (unless the mode is
+        ``objects``, which puts everything)."""
         import ray
 
         fragments: list[Fragment] = []
         for part in parts:
             if part.num_rows == 0:
                 continue
-            ref = ray.put(_ipc(part))
+            over = not self._fits(self.object_bytes + part.nbytes)
+            if stop and over and self.mode != "objects" and isinstance(parts, _Stream):
+                parts.push_back(part)
+                break
+            ref = ray.put(_ipc(part) if ipc else part)
             self.refs.append(ref)
+            self.object_bytes += part.nbytes
             self.staged_bytes += part.nbytes
             fragments.append(ObjectFragment(ref, part.num_rows, label))
         return ObjectSource(schema, fragments, label)
@@ -246,7 +274,15 @@ class StagedInputs:
                     if writer is not None:
                         writer.close()
                     files.append(f"{path}/part-{len(files):05d}.parquet")
-                    writer = pq.ParquetWriter(files[-1], schema, filesystem=fs, compression="lz4")
+                    # Dictionary-encode only text-like columns: trying it on numbers made
+                    # writing 4x slower for nothing. LZ4 costs little and saves bytes.
+                    writer = pq.ParquetWriter(
+                        files[-1],
+                        schema,
+                        filesystem=fs,
+                        compression="lz4",
+                        use_dictionary=_dictionary_columns(schema),
+                    )
                     rows_in_file = 0
                 table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
                 writer.write_table(table, row_group_size=DEFAULT_ROWS_PER_FRAGMENT)
@@ -259,13 +295,24 @@ class StagedInputs:
             return ArrowSource(schema.empty_table(), label=label)
         return ParquetSource([_uri(folder, f) for f in files])
 
-    def _object_budget(self) -> float:
+    def _fits(self, nbytes: float) -> bool:
+        """Whether ``nbytes`` staged in the object store stay within this job's budget."""
         if self._budget is None:
             import ray
 
             total = float(ray.cluster_resources().get("object_store_memory", 0.0))
             self._budget = OBJECT_STORE_SHARE * total
-        return self._budget
+        return nbytes <= self._budget
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding in Parquet: strings, binaries and dictionaries."""
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary)
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_dictionary(f.type) or any(check(f.type) for check in text)
+    ]
 
 
 def _driver_held(source: Source) -> bool:
@@ -287,10 +334,32 @@ def _batches(reader: pa.RecordBatchReader, label: str) -> Iterator[pa.RecordBatc
         raise SourceError(f"DuckDB query failed ({label}): {exc}") from exc
 
 
-def _chain(first: list[pa.RecordBatch], rest: Iterator[pa.RecordBatch]) -> Iterator[Any]:
-    yield from first
-    first.clear()  # release the held batches as soon as they are written
-    yield from rest
+class _Stream:
+    """An iterator that can take back one item (the part the object store had no room for)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = iter(items)
+        self._back: list[Any] = []
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._back:
+            return self._back.pop()
+        return next(self._items)
+
+    def push_back(self, item: Any) -> None:
+        self._back.append(item)
+
+    def exhausted(self) -> bool:
+        if self._back:
+            return False
+        try:
+            self._back.append(next(self._items))
+        except StopIteration:
+            return True
+        return False
 
 
 def _quote(name: str) -> str:
