@@ -715,6 +715,7 @@ class ShardedDataConnector(DataConnector):
         """A copy that knows its shard for ``rank`` of ``world_size`` (a job sends each rank
         one, so no worker plans again)."""
         out = self._derive()
+        assert isinstance(out, ShardedDataConnector)
         out._assigned = (rank, world_size, shard)
         return out
 
@@ -763,7 +764,7 @@ class ShardedDataConnector(DataConnector):
         out._assigned = self._assigned  # type: ignore[attr-defined]
         return out
 
-    def select(self, columns: Sequence[str]) -> ShardedDataConnector:  # type: ignore[override]
+    def select(self, columns: Sequence[str]) -> ShardedDataConnector:
         """A sharded connector over only ``columns``, in that order.
 
         Raises:

@@ -174,7 +174,7 @@ def known_null_count(connector: DataConnector, column: str) -> int | None:
         fragment = piece.fragment
         if not isinstance(fragment, ArrowFragment):
             return None
-        stop = piece.stop if piece.stop is not None else fragment.num_rows
+        stop = piece.stop if piece.stop is not None else fragment.table.num_rows
         total += fragment.table.column(column).slice(piece.start, stop - piece.start).null_count
     return total
 
