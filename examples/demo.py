@@ -114,7 +114,7 @@ def fit_fare_per_km(config: dict[str, float]) -> dict[str, float]:
     data = ctx.get_dataset_map()["trips"].to_torch_dataset(batch_size=1024, shuffle=True, seed=0)
     for epoch in range(int(config["epochs"])):
         for batch in data:  # distance and fare scaled to about [0, 1]
-            pred = model(batch["distance"][:, None] / 30.0)[:, 0]
+            pred = model(batch["distance"] / 30.0)  # scalar columns come as (B, 1)
             loss = torch.nn.functional.mse_loss(pred, batch["fare"] / 60.0)
             optimizer.zero_grad()
             loss.backward()

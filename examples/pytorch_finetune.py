@@ -40,8 +40,8 @@ def finetune(config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(config["epochs"]):
         total, batches = 0.0, 0
         for batch in data:
-            x = torch.stack([batch[name] for name in FEATURES], dim=1)
-            loss = torch.nn.functional.mse_loss(ddp(x)[:, 0], batch["target"])
+            x = torch.cat([batch[name] for name in FEATURES], dim=1)  # (B, 1) columns
+            loss = torch.nn.functional.mse_loss(ddp(x), batch["target"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

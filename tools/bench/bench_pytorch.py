@@ -77,7 +77,7 @@ def step(model: Any, optimizer: Any, x: Any, y: Any) -> None:
     import torch
 
     optimizer.zero_grad()
-    torch.nn.functional.mse_loss(model(x)[:, 0], y).backward()
+    torch.nn.functional.mse_loss(model(x)[:, 0], y).backward()  # y: (B,)
     optimizer.step()
 
 
@@ -117,8 +117,8 @@ def our_loop() -> tuple[int, float, int]:
     )
     rows, start = 0, time.perf_counter()
     for batch in data:
-        x = torch.stack([batch[c] for c in FEATURES], dim=1)
-        step(model, optimizer, x, batch["label"])
+        x = torch.cat([batch[c] for c in FEATURES], dim=1)  # (B, 1) columns -> (B, F)
+        step(model, optimizer, x, batch["label"].reshape(-1))
         rows += len(x)
     return rows, time.perf_counter() - start, torch.get_num_threads()
 
@@ -172,8 +172,8 @@ def ray_train(
         for batch in shard.iter_torch_batches(
             batch_size=BATCH, drop_last=True, local_shuffle_buffer_size=buffer
         ):
-            x = torch.stack([batch[c] for c in FEATURES], dim=1)
-            step(model, optimizer, x, batch["label"])
+            x = torch.cat([batch[c] for c in FEATURES], dim=1)
+            step(model, optimizer, x, batch["label"].reshape(-1))
             rows += len(x)
         seconds = time.perf_counter() - start
         rank = ray.train.get_context().get_world_rank()

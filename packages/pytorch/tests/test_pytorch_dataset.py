@@ -33,7 +33,7 @@ def test_adapter_is_reached_through_the_connector(parquet_dc: DataConnector) -> 
     batches = list(ds)
     assert len(batches) == len(ds) == 10
     assert set(batches[0]) == {"id", "x0", "x1", "x2", "label"}
-    assert batches[0]["x0"].dtype == torch.float32 and batches[0]["x0"].shape == (100,)
+    assert batches[0]["x0"].dtype == torch.float32 and batches[0]["x0"].shape == (100, 1)
     assert batches[0]["label"].dtype == torch.int32
     assert ids_of(batches) == list(range(1000))
 
@@ -41,13 +41,13 @@ def test_adapter_is_reached_through_the_connector(parquet_dc: DataConnector) -> 
 def test_single_rows_are_collated_by_a_normal_dataloader(parquet_dc: DataConnector) -> None:
     ds = to_torch_dataset(parquet_dc)
     first = next(iter(ds))
-    assert first["id"].shape == () and int(first["id"]) == 0
+    assert first["id"].shape == (1,) and int(first["id"]) == 0  # Snowflake: (1,) per row
     loader = DataLoader(ds, batch_size=64)
     batches = list(loader)
-    assert batches[0]["x0"].shape == (64,) and batches[-1]["x0"].shape == (1000 - 15 * 64,)
+    assert batches[0]["x0"].shape == (64, 1) and batches[-1]["x0"].shape == (1000 - 15 * 64, 1)
     assert ids_of(batches) == list(range(1000))
     expected = np.sin(np.arange(1000) * 0.01).astype(np.float32)
-    np.testing.assert_array_equal(torch.cat([b["x0"] for b in batches]).numpy(), expected)
+    np.testing.assert_array_equal(torch.cat([b["x0"] for b in batches]).numpy()[:, 0], expected)
 
 
 def test_batches_are_exact_and_the_short_tail_is_optional(parquet_dc: DataConnector) -> None:
@@ -138,13 +138,39 @@ def test_arrow_types_become_tensors() -> None:
             "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(8, dtype=np.float32)), 2),
         }
     )
-    batch = next(iter(to_torch_dataset(DataConnector.from_dataframe(table), batch_size=4)))
+    data = DataConnector.from_dataframe(table)
+    batch = next(iter(to_torch_dataset(data, batch_size=4, expand_dims=False)))
     assert batch["i_null"].dtype == torch.float64 and torch.isnan(batch["i_null"][1])
     assert batch["flag"].dtype == torch.bool and batch["flag"].tolist() == [True, False, True, True]
     assert batch["u32"].dtype == torch.int64 and int(batch["u32"][3]) == 2**32 - 1
     assert batch["when"].dtype == torch.int64 and batch["when"].tolist() == [0, 1, 2, 3]
     assert batch["name"] == ["a", "b", None, "d"]
     assert batch["vec"].shape == (4, 2) and batch["vec"][3].tolist() == [6.0, 7.0]
+
+
+def test_batch_shapes_are_snowflakes() -> None:
+    # Snowflake's rule: scalar columns (B, 1) per batch and (1,) per row; lists (B, k);
+    # strings stay lists; expand_dims=False (per call or per connector) gives (B,) and 0-d.
+    table = pa.table(
+        {
+            "x": pa.array([1.0, 2.0, 3.0]),
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6.0)), 2),
+            "name": pa.array(["a", "b", "c"]),
+        }
+    )
+    data = DataConnector.from_dataframe(table)
+    batch = next(iter(data.to_torch_dataset(batch_size=3)))
+    assert batch["x"].shape == (3, 1) and batch["x"][:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert batch["vec"].shape == (3, 2) and batch["name"] == ["a", "b", "c"]
+    row = next(iter(data.to_torch_dataset()))
+    assert row["x"].shape == (1,) and row["vec"].shape == (2,) and row["name"] == "a"
+    flat = next(iter(data.to_torch_dataset(batch_size=3, expand_dims=False)))
+    assert flat["x"].shape == (3,)
+    assert next(iter(data.to_torch_dataset(expand_dims=False)))["x"].shape == ()
+    connector_wide = DataConnector.from_dataframe(table, expand_dims=False)
+    assert next(iter(connector_wide.to_torch_dataset(batch_size=3)))["x"].shape == (3,)
+    collated = next(iter(DataLoader(data.to_torch_dataset(), batch_size=2)))
+    assert collated["x"].shape == (2, 1)
 
 
 def test_bad_input_is_refused_with_a_clear_error(parquet_dc: DataConnector) -> None:

@@ -20,6 +20,7 @@ from mlruntime.store import catalog as _catalog  # noqa: F401  (installs the sto
 if TYPE_CHECKING:
     from mlruntime.data.connector import DataConnector as DataConnector
     from mlruntime.data.connector import ShardedDataConnector as ShardedDataConnector
+    from mlruntime.data.ingest import DataIngestor as DataIngestor
     from mlruntime.data.sources import ArrowSource as ArrowSource
     from mlruntime.data.sources import CSVSource as CSVSource
     from mlruntime.data.sources import ParquetSource as ParquetSource
@@ -36,12 +37,14 @@ if TYPE_CHECKING:
     from mlruntime.runtime.distributor import Backend as Backend
     from mlruntime.runtime.distributor import Distributor as Distributor
     from mlruntime.runtime.distributor import Result as Result
+    from mlruntime.runtime.ray_data import RayDataIngester as RayDataIngester
     from mlruntime.runtime.scaling import FailureConfig as FailureConfig
     from mlruntime.runtime.scaling import NodeScalingConfig as NodeScalingConfig
     from mlruntime.runtime.scaling import ScalingConfig as ScalingConfig
     from mlruntime.runtime.scaling import WorkerResourceConfig as WorkerResourceConfig
     from mlruntime.runtime.workers import WorkerGroup as WorkerGroup
     from mlruntime.store.datasets import Dataset as Dataset
+    from mlruntime.store.datasets import DatasetReader as DatasetReader
     from mlruntime.store.datasets import create_from_dataframe as create_from_dataframe
     from mlruntime.store.datasets import delete_version as delete_version
     from mlruntime.store.datasets import list_datasets as list_datasets
@@ -57,6 +60,9 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "DataConnector": "mlruntime.data.connector",
     "ShardedDataConnector": "mlruntime.data.connector",
+    "DataIngestor": "mlruntime.data.ingest",
+    "RayDataIngester": "mlruntime.runtime.ray_data",
+    "DatasetReader": "mlruntime.store.datasets",
     "Checkpoint": "mlruntime.runtime.context",
     "Context": "mlruntime.runtime.context",
     "get_context": "mlruntime.runtime.context",

@@ -31,15 +31,25 @@ _CAST = {
 }
 
 
-def to_tensors(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+def to_tensors(batch: dict[str, np.ndarray], expand_dims: bool = False) -> dict[str, Any]:
     """A batch of numpy columns as tensors, sharing memory where the type allows.
+
+    With ``expand_dims``, scalar numeric columns become ``(B, 1)`` (a view), as Snowflake's
+    ``to_torch_dataset`` gives them; list columns stay ``(B, k)``, strings stay lists.
 
     Arrow buffers arrive as read-only numpy views; torch shares them without a copy and would
     warn that the tensor is "not writable". That is intended, so the warning is silenced here.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return {name: to_tensor(values) for name, values in batch.items()}
+        return {
+            name: to_tensor(
+                values.reshape(-1, 1)
+                if expand_dims and values.ndim == 1 and values.dtype.kind not in "OUS"
+                else values
+            )
+            for name, values in batch.items()
+        }
 
 
 def to_tensor(values: np.ndarray) -> Any:
@@ -78,9 +88,11 @@ class TorchDataset(IterableDataset):
         drop_last_batch: bool,
         seed: int | None,
         columns: list[str] | None = None,
+        expand_dims: bool = True,
     ) -> None:
         super().__init__()
         self.connector = connector
+        self.expand_dims = expand_dims
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last_batch = drop_last_batch
@@ -167,11 +179,11 @@ class TorchDataset(IterableDataset):
             return
         for batch in batches:
             self._rows_done += len(next(iter(batch.values())))
-            yield to_tensors(batch)
+            yield to_tensors(batch, self.expand_dims)
 
     def _rows(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, Any]]:
         for batch in batches:
-            tensors = to_tensors(batch)
+            tensors = to_tensors(batch, self.expand_dims)  # rows of (B, 1) are (1,)
             rows = len(next(iter(batch.values())))
             names = list(tensors)
             for i in range(rows):
@@ -255,6 +267,7 @@ def to_torch_dataset(
     drop_last_batch: bool = True,
     seed: int | None = None,
     columns: list[str] | None = None,
+    expand_dims: bool | None = None,
 ) -> TorchDataset:
     """The connector's rows as a ``torch.utils.data.IterableDataset`` of dicts of tensors.
 
@@ -268,6 +281,9 @@ def to_torch_dataset(
         drop_last_batch: Drop the final short batch (only with ``batch_size``).
         seed: Seed of the shuffle (with the epoch); ``None``: a random one, fixed per dataset.
         columns: Columns to yield (default: all).
+        expand_dims: Scalar numeric columns as ``(B, 1)`` per batch and ``(1,)`` per row, as
+            Snowflake gives them; ``False``: ``(B,)`` and 0-d. ``None``: the connector's own
+            setting (``DataConnector.from_*(..., expand_dims=...)``, default ``True``).
 
     Returns:
         A :class:`TorchDataset`; inside a distributed job it reads only this rank's shard, and
@@ -294,4 +310,5 @@ def to_torch_dataset(
         bool(drop_last_batch),
         seed,
         list(columns) if columns is not None else None,
+        getattr(connector, "expand_dims", True) if expand_dims is None else bool(expand_dims),
     )

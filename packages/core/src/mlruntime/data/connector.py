@@ -74,24 +74,47 @@ class DataConnector:
         self._schema: pa.Schema | None = None
         self._epoch = itertools.count()
         self._lock = threading.Lock()
+        self.expand_dims = True
+        """Scalar columns as ``(B, 1)`` in torch batches (``False``: ``(B,)``)."""
         if self._columns is not None:
             self._check_columns(self._columns, self._full_schema())
 
     # -- constructors -----------------------------------------------------------------------
+    # Each takes Snowflake's ``ingestor_class=`` (None: mlruntime's reader; RayDataIngester:
+    # through Ray Data) and ``expand_dims=`` (scalar columns as (B, 1) in torch batches);
+    # other Snowflake-only options (``file_cache_config`` ...) are accepted and ignored.
 
     @classmethod
-    def from_dataframe(cls, df: Any) -> DataConnector:
-        """From a DuckDB relation (``session.table("t")``), pandas/polars frame or Arrow table.
+    def from_dataframe(
+        cls,
+        df: Any,
+        ingestor_class: Any = None,
+        *,
+        expand_dims: bool = True,
+        **kwargs: Any,
+    ) -> DataConnector:
+        """From a DuckDB relation or DataFrame (``session.table("t")``), a pandas/polars frame
+        or an Arrow table.
 
         Raises:
-            ConfigError: For an object that is not a frame.
+            ConfigError: For an object that is not a frame, or an unsupported ingestor.
         """
         if isinstance(df, DataConnector):
-            return df
-        return cls([source_from_object(df)])
+            base = df._derive()
+        else:
+            base = DataConnector([source_from_object(df)])
+        return cls._finish(base, ingestor_class, expand_dims, kwargs)
 
     @classmethod
-    def from_sql(cls, query: str, session: Any = None) -> DataConnector:
+    def from_sql(
+        cls,
+        query: str,
+        session: Any = None,
+        ingestor_class: Any = None,
+        *,
+        expand_dims: bool = True,
+        **kwargs: Any,
+    ) -> DataConnector:
         """From a SQL query on a warehouse session (default: ``get_active_session()``).
 
         Raises:
@@ -100,10 +123,19 @@ class DataConnector:
         from mlruntime.data.catalog import get_catalog
 
         relation = (session or get_catalog().default_session()).sql(query)
-        return cls([DuckDBSource(relation, label=" ".join(query.split()))])
+        base = DataConnector([DuckDBSource(relation, label=" ".join(query.split()))])
+        return cls._finish(base, ingestor_class, expand_dims, kwargs)
 
     @classmethod
-    def from_dataset(cls, dataset: Any, version: str | None = None) -> DataConnector:
+    def from_dataset(
+        cls,
+        dataset: Any,
+        version: str | None = None,
+        ingestor_class: Any = None,
+        *,
+        expand_dims: bool = True,
+        **kwargs: Any,
+    ) -> DataConnector:
         """From a dataset version object, or a dataset name and version (default: latest).
 
         Raises:
@@ -111,31 +143,91 @@ class DataConnector:
         """
         from mlruntime.data.catalog import get_catalog
 
+        if isinstance(version, type):  # Snowflake's from_dataset(ds, ingestor_class)
+            version, ingestor_class = None, version
         if isinstance(dataset, (str, bytes)):
-            return cls([get_catalog().dataset_source(str(dataset), version)])
-        return cls([source_from_object(dataset)])
+            base = DataConnector([get_catalog().dataset_source(str(dataset), version)])
+        else:
+            base = DataConnector([source_from_object(dataset)])
+        return cls._finish(base, ingestor_class, expand_dims, kwargs)
 
     @classmethod
-    def from_sources(cls, sources: Any, *, filesystem: Any = None) -> DataConnector:
-        """From paths, globs, folders, URIs and/or Source objects (one or a list).
+    def from_sources(
+        cls,
+        *args: Any,
+        filesystem: Any = None,
+        ingestor_class: Any = None,
+        expand_dims: bool = True,
+        **kwargs: Any,
+    ) -> DataConnector:
+        """From paths, globs, folders, URIs, Source objects, frames or relations (one or a
+        list): ``from_sources(sources)`` or Snowflake's ``from_sources(session, sources)``.
 
         Args:
-            sources: One or several locations or Sources.
+            args: ``sources``, or ``session, sources`` (the session is not needed here).
             filesystem: A pyarrow or fsspec filesystem for the paths.
+            ingestor_class: ``None`` or ``RayDataIngester``.
+            expand_dims: Scalar columns as ``(B, 1)`` in torch batches.
 
         Raises:
             SourceError: For a missing path or unknown format.
+            ConfigError: For no sources.
         """
+        if "sources" in kwargs:
+            args = (*args, kwargs.pop("sources"))
+        if len(args) == 2 and hasattr(args[0], "sql") and not isinstance(args[0], str):
+            args = args[1:]  # Snowflake's leading session
+        if len(args) != 1:
+            raise ConfigError("from_sources takes the sources (optionally after a session)")
+        sources = args[0]
         items = sources if isinstance(sources, (list, tuple)) else [sources]
         if not items:
             raise ConfigError("from_sources needs at least one path or source")
-        return cls([source_from_object(s, filesystem) for s in items])
+        base = DataConnector([source_from_object(s, filesystem) for s in items])
+        return cls._finish(base, ingestor_class, expand_dims, kwargs)
 
     @classmethod
-    def from_ray_dataset(cls, dataset: Any) -> DataConnector:
+    def from_ray_dataset(
+        cls,
+        ray_ds: Any,
+        ingestor_class: Any = None,
+        *,
+        expand_dims: bool = True,
+        **kwargs: Any,
+    ) -> DataConnector:
         """From a ``ray.data.Dataset`` (its blocks stay in Ray's object store; the runtime
         layer provides the source, as the plugin registry's built-in ``ray`` plugin)."""
-        return cls([source_from_object(dataset)])
+        base = DataConnector([source_from_object(ray_ds)])
+        return cls._finish(base, ingestor_class, expand_dims, kwargs)
+
+    @classmethod
+    def _finish(
+        cls, base: DataConnector, ingestor_class: Any, expand_dims: bool, options: dict[str, Any]
+    ) -> DataConnector:
+        from mlruntime.data.ingest import apply_ingestor
+
+        equal = options.pop("equal", None)
+        if equal is not None and not issubclass(cls, ShardedDataConnector):
+            raise ConfigError(
+                "equal= splits data among ranks: use ShardedDataConnector.from_...(..., equal=...)"
+            )
+        if options:
+            logger.info(
+                "ignoring Snowflake-only DataConnector options %s (no effect in mlruntime)",
+                ", ".join(sorted(options)),
+            )
+        out = apply_ingestor(base, ingestor_class)
+        if issubclass(cls, ShardedDataConnector):
+            if isinstance(out, ShardedDataConnector) and equal is None:
+                equal = out.equal
+            out = cls(out, equal=equal)
+        out.expand_dims = bool(expand_dims)
+        return out
+
+    @property
+    def data_sources(self) -> list[Source]:
+        """The sources read (Snowflake's ``data_sources``)."""
+        return list(self._sources)
 
     # -- description ------------------------------------------------------------------------
 
@@ -221,6 +313,7 @@ class DataConnector:
         out._schema = self._schema
         out._epoch = itertools.count()
         out._lock = threading.Lock()
+        out.expand_dims = getattr(self, "expand_dims", True)
         return out
 
     # -- pieces and shards ------------------------------------------------------------------
@@ -609,69 +702,20 @@ class ShardedDataConnector(DataConnector):
         pieces: Sequence[Piece] | None = None,
         equal: bool | None = None,
     ) -> None:
+        expand = True
         if isinstance(sources, DataConnector):
             base = sources
             sources = base._sources
             columns = base._columns if columns is None else columns
             pieces = base._pieces if pieces is None else pieces
+            expand = getattr(base, "expand_dims", True)
         super().__init__(sources, columns=columns, pieces=pieces)
+        self.expand_dims = expand
         self.equal = _check_equal(equal)
         self._assigned: tuple[int, int, DataConnector] | None = None
 
-    # -- constructors: DataConnector's, plus ``equal`` ----------------------------------------
-
-    @classmethod
-    def from_dataframe(cls, df: Any, *, equal: bool | None = None) -> ShardedDataConnector:
-        """From a DuckDB relation, pandas/polars frame, Arrow table or DataConnector.
-
-        Raises:
-            ConfigError: For an object that is not a frame.
-        """
-        return cls._of(DataConnector.from_dataframe(df), equal)
-
-    @classmethod
-    def from_sql(
-        cls, query: str, session: Any = None, *, equal: bool | None = None
-    ) -> ShardedDataConnector:
-        """From a SQL query on a warehouse session (default: ``get_active_session()``).
-
-        Raises:
-            QueryError: If the query is invalid.
-        """
-        return cls._of(DataConnector.from_sql(query, session), equal)
-
-    @classmethod
-    def from_dataset(
-        cls, dataset: Any, version: str | None = None, *, equal: bool | None = None
-    ) -> ShardedDataConnector:
-        """From a dataset version, or a dataset name and version (default: latest).
-
-        Raises:
-            DatasetNotFoundError: If the dataset or version does not exist.
-        """
-        return cls._of(DataConnector.from_dataset(dataset, version), equal)
-
-    @classmethod
-    def from_sources(
-        cls, sources: Any, *, filesystem: Any = None, equal: bool | None = None
-    ) -> ShardedDataConnector:
-        """From paths, globs, folders, URIs and/or Source objects.
-
-        Raises:
-            SourceError: For a missing path or unknown format.
-        """
-        return cls._of(DataConnector.from_sources(sources, filesystem=filesystem), equal)
-
-    @classmethod
-    def from_ray_dataset(cls, dataset: Any, *, equal: bool | None = None) -> ShardedDataConnector:
-        """From a ``ray.data.Dataset``."""
-        return cls._of(DataConnector.from_ray_dataset(dataset), equal)
-
-    @classmethod
-    def _of(cls, connector: DataConnector, equal: bool | None) -> ShardedDataConnector:
-        if isinstance(connector, ShardedDataConnector) and equal is None:
-            equal = connector.equal
-        return cls(connector, equal=equal)
+    # Constructors: DataConnector's (``from_dataframe``, ``from_sql``, ``from_dataset``,
+    # ``from_sources``, ``from_ray_dataset``), each also taking ``equal=``.
 
     # -- shards -------------------------------------------------------------------------------
 

@@ -14,10 +14,18 @@ from typing import Any
 import pyarrow as pa
 
 from mlruntime.data.connector import DataConnector
+from mlruntime.data.ingest import DataIngestor
+from mlruntime.data.inputs import DuckDBSource
 from mlruntime.data.sources import Fragment, ParquetSource, Source
 from mlruntime.errors import SourceError
 
-__all__ = ["RayBlockFragment", "RayDatasetSource", "release_warm_workers", "to_ray_dataset"]
+__all__ = [
+    "RayBlockFragment",
+    "RayDataIngester",
+    "RayDatasetSource",
+    "release_warm_workers",
+    "to_ray_dataset",
+]
 
 
 def release_warm_workers() -> None:
@@ -125,4 +133,29 @@ def to_ray_dataset(connector: DataConnector) -> Any:
         files = [f for s in sources for f in s.files]  # type: ignore[attr-defined]
         fs = pieces[0].fragment.filesystem  # type: ignore[attr-defined]
         return ray.data.read_parquet(files, filesystem=fs, columns=connector.columns)
+    if not connector.is_shard and len(sources) == 1 and isinstance(sources[0], DuckDBSource):
+        # Stream the query into the object store batch by batch (the driver never holds it).
+        relation = sources[0].relation
+        if connector._columns is not None:
+            relation = relation.select(
+                *['"' + c.replace('"', '""') + '"' for c in connector.columns]
+            )
+        refs = [ray.put(pa.Table.from_batches([b])) for b in relation.to_arrow_reader(65_536)]
+        if refs:
+            return ray.data.from_arrow_refs(refs)  # type: ignore[arg-type]
     return ray.data.from_arrow(connector.to_arrow())
+
+
+class RayDataIngester(DataIngestor):
+    """Reads a DataConnector's data through Ray Data (Snowflake's
+    ``ingestor_class=RayDataIngester``): Parquet files with ``ray.data.read_parquet``, DuckDB
+    results streamed into the object store, frames with ``ray.data.from_arrow``; the
+    connector then reads the resulting dataset's blocks. mlruntime's own reader (the
+    default, ``ingestor_class=None``) is faster; this is for code that asks for Ray Data."""
+
+    @classmethod
+    def ingest(cls, connector: Any) -> Any:
+        """A connector over ``ray.data`` blocks holding ``connector``'s rows."""
+        out = DataConnector.from_ray_dataset(to_ray_dataset(connector))
+        out.expand_dims = getattr(connector, "expand_dims", True)
+        return out

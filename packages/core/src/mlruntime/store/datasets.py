@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlruntime.__about__ import __version__
+from mlruntime.data.connector import DataConnector
 from mlruntime.data.sources import ParquetSource
 from mlruntime.errors import ConfigError, DataError, DatasetExistsError, DatasetNotFoundError
 from mlruntime.store import storage
@@ -122,6 +123,18 @@ class Dataset:
         """A source over the version's files (each worker reads its part from storage)."""
         return ParquetSource(self.files)
 
+    @property
+    def read(self) -> DatasetReader:
+        """A DataConnector over this version (Snowflake's ``Dataset.read``): ``to_pandas``,
+        ``to_torch_dataset``, ``to_tf_dataset`` ..., plus ``files()``."""
+        return DatasetReader([self.to_source()], dataset=self)
+
+    @property
+    def selected_version(self) -> Dataset:
+        """This version (Snowflake's ``Dataset.selected_version``; a Dataset here is one
+        version)."""
+        return self
+
     def verify(self) -> None:
         """Check every file's size and SHA-256 against the manifest.
 
@@ -144,6 +157,23 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, version={self.version!r}, rows={self.num_rows})"
+
+
+class DatasetReader(DataConnector):
+    """What ``Dataset.read`` returns: a DataConnector over one dataset version.
+
+    Args:
+        sources: The version's source.
+        dataset: The version.
+    """
+
+    def __init__(self, sources: Any, *, dataset: Dataset) -> None:
+        super().__init__(sources)
+        self.dataset = dataset
+
+    def files(self) -> list[str]:
+        """The version's Parquet files (local paths or URIs), in order."""
+        return list(self.dataset.files)
 
 
 def _sha256(path: str) -> str:
@@ -306,15 +336,20 @@ class VersionWriter:
                 pass
 
 
-def create_from_dataframe(
-    name: str, version: str, input_dataframe: Any, *, origin: str | None = None
-) -> Dataset:
+def create_from_dataframe(*args: Any, origin: str | None = None, **kwargs: Any) -> Dataset:
     """Create dataset version ``name``/``version`` from data, atomically.
+
+    Called as ``create_from_dataframe(name, version, input_dataframe)`` or, as in Snowflake,
+    ``create_from_dataframe(session, name, version, input_dataframe, **version_kwargs)`` (the
+    session is accepted and unused: datasets live on mlruntime's storage; Snowflake's
+    ``shuffle``, ``exclude_cols``, ``label_cols``, ``comment`` ... are recorded in the
+    manifest's origin text, not applied).
 
     Args:
         name: Dataset name.
         version: Version string (immutable once created).
-        input_dataframe: A DuckDB relation, pandas/polars/Arrow frame, DataConnector or source.
+        input_dataframe: A DuckDB relation or DataFrame, pandas/polars/Arrow frame,
+            DataConnector or source.
         origin: Free text recorded in the manifest (default: a description of the input).
 
     Returns:
@@ -326,6 +361,18 @@ def create_from_dataframe(
     """
     from mlruntime.data.connector import DataConnector
 
+    args = _without_session(args)
+    names = ("name", "version", "input_dataframe")
+    values = dict(zip(names, args, strict=False))
+    for key in names[len(args) :]:
+        if key not in kwargs:
+            raise ConfigError(f"create_from_dataframe() needs {key}")
+        values[key] = kwargs.pop(key)
+    if len(args) > len(names):
+        raise ConfigError("create_from_dataframe() takes (session,) name, version, input_dataframe")
+    name, version, input_dataframe = values["name"], values["version"], values["input_dataframe"]
+    if kwargs and origin is None:
+        origin = "version_kwargs " + ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
     writer = VersionWriter(name, version)
     try:
         connector = DataConnector.from_dataframe(input_dataframe)
@@ -356,12 +403,34 @@ def _chunks(connector: Any) -> Iterable[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def load_dataset(name: str, version: str | None = None) -> Dataset:
-    """Open a dataset version (default: the most recently created).
+def load_dataset(*args: Any, **kwargs: Any) -> Dataset:
+    """Open a dataset version: ``load_dataset(name, version=None)`` (default: the most recently
+    created) or, as in Snowflake, ``load_dataset(session, name, version)``.
 
     Raises:
         DatasetNotFoundError: If the dataset or version does not exist (lists what does).
+        ConfigError: For missing or extra arguments.
     """
+    args = _without_session(args)
+    if not args and "name" not in kwargs:
+        raise ConfigError("load_dataset() needs the dataset name")
+    if len(args) > 2:
+        raise ConfigError("load_dataset() takes (session,) name, version")
+    name = args[0] if args else kwargs.pop("name")
+    version = args[1] if len(args) > 1 else kwargs.pop("version", None)
+    if kwargs:
+        raise ConfigError(f"load_dataset() got unexpected arguments {sorted(kwargs)}")
+    return _load(name, version)
+
+
+def _without_session(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` without a leading warehouse session (Snowflake's session-first signatures)."""
+    if args and not isinstance(args[0], (str, bytes)) and hasattr(args[0], "sql"):
+        return args[1:]
+    return args
+
+
+def _load(name: str, version: str | None) -> Dataset:
     validate_name(name, "dataset name")
     if version is None:
         versions = list_versions(name)
