@@ -30,6 +30,7 @@ def describe_rank() -> dict[str, object]:
     ctx = get_context()
     return {
         "rank": ctx.get_rank(),
+        "world_rank": ctx.get_world_rank(),
         "world": ctx.get_world_size(),
         "local_rank": ctx.get_local_rank(),
         "local_world": ctx.get_local_world_size(),
@@ -39,6 +40,7 @@ def describe_rank() -> dict[str, object]:
         "params": ctx.get_hyper_params(),
         "model_dir": ctx.get_model_dir(),
         "checkpoint": ctx.get_checkpoint(),
+        "backends": (ctx.get_default_backend(), ctx.get_supported_backends()),
     }
 
 
@@ -52,6 +54,7 @@ def test_every_rank_gets_its_context(ray_cluster: None, tmp_path: Path) -> None:
     result = quiet().run(describe_rank, hyper_params=params, artifact_location=tmp_path)
     ranks = result.return_values
     assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["world_rank"] for r in ranks] == [0, 1]  # Snowflake's samples' name for it
     assert {r["world"] for r in ranks} == {2}
     assert [r["local_rank"] for r in ranks] == [0, 1]
     assert {r["local_world"] for r in ranks} == {2}
@@ -62,6 +65,7 @@ def test_every_rank_gets_its_context(ray_cluster: None, tmp_path: Path) -> None:
     assert ranks[1]["params"] == params  # Python types kept
     assert ranks[0]["model_dir"] == str(tmp_path / "model")
     assert ranks[0]["checkpoint"] is None
+    assert ranks[0]["backends"] == ("gloo", ["gloo"])  # CPU workers
     assert Path(result.get_model_dir()).is_dir()
 
 
@@ -225,6 +229,33 @@ def test_reports_and_checkpoints_reach_the_result(
     assert any("training on 2 workers" in m for m in logged)
     assert any(m.endswith("loading data") for m in logged)
     assert {"connect", "place", "train", "loading data", "fitting", "total"} <= set(result.timings)
+
+
+def log_metrics_as_in_snowflake() -> None:
+    reporter = get_context().get_metrics_reporter()
+    reporter.log_metrics({"loss": 0.5, "test_accuracy": [0.5, 0.75]})
+    reporter.log_metrics({"loss": 0.25}, step=2)
+    with pytest.raises(ConfigError, match="log_metrics needs a dict of name -> value, got list"):
+        reporter.log_metrics([("loss", 1.0)])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"log_metrics\(step=3\) contradicts"):
+        reporter.log_metrics({"step": 1}, step=3)
+
+
+def test_metrics_reporter_reports_like_report(ray_cluster: None, tmp_path: Path) -> None:
+    # artifact_stage_location is Snowflake's name for artifact_location.
+    result = quiet().run(log_metrics_as_in_snowflake, artifact_stage_location=tmp_path)
+    assert result.get_metrics() == {"loss": 0.25, "step": 2}
+    assert result.get_metrics_history() == [
+        {"loss": 0.5, "test_accuracy": [0.5, 0.75]},
+        {"loss": 0.25, "step": 2},
+    ]
+    assert result.get_model_dir() == str(tmp_path / "model")
+    with pytest.raises(ConfigError, match="artifact_stage_location is Snowflake's name for it"):
+        quiet().run(
+            log_metrics_as_in_snowflake,
+            artifact_location=tmp_path,
+            artifact_stage_location=tmp_path / "other",
+        )
 
 
 def test_quiet_shows_no_bar_and_no_summary(

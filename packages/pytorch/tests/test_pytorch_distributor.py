@@ -1,6 +1,7 @@
-"""PyTorchDistributor on a real Ray with gloo: process group and torchrun environment, DDP on a
-DuckDB table with disjoint equal shards, reports and checkpoints, a killed rank resuming
-mid-epoch, every rank's error, a rank stuck in a collective, and bad input."""
+"""PyTorchDistributor on a real Ray with gloo: process group and torchrun environment, Snowflake's
+sample train_funcs (their own init_process_group, log_metrics), DDP on a DuckDB table with
+disjoint equal shards, reports and checkpoints, a killed rank resuming mid-epoch, every rank's
+error, a rank stuck in a collective, and bad input."""
 
 from __future__ import annotations
 
@@ -98,10 +99,79 @@ def test_process_group_and_torchrun_env_are_ready(ray_cluster: None, tmp_path: P
     assert {r["sum"] for r in again.return_values} == {3.0}
 
 
+def snowflake_sample_train() -> dict[str, Any]:
+    """What Snowflake's samples do in train_func: set up the process group themselves (three
+    ways), report through the metrics reporter, and destroy the group at the end."""
+    ctx = get_context()
+    dist.init_process_group("gloo")
+    dist.init_process_group()
+    dist.init_process_group(
+        backend="gloo",
+        init_method="env://",
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
+    total = torch.tensor([float(ctx.get_world_rank() + 1)])
+    dist.all_reduce(total)  # the group the plugin set up is the one in use
+    refused = []
+    for kwargs in ({"world_size": 3}, {"backend": "nccl"}, {"rank": 1 - ctx.get_rank()}):
+        with pytest.raises(ConfigError) as info:
+            dist.init_process_group(**kwargs)
+        refused.append(str(info.value))
+    reporter = ctx.get_metrics_reporter()
+    reporter.log_metrics({"loss": 0.5, "test_accuracy": [0.5, 0.75]})
+    reporter.log_metrics({"loss": 0.25, "sum": float(total.item())})
+    dist.destroy_process_group()
+    return {
+        "world_rank": ctx.get_world_rank(),
+        "default_backend": ctx.get_default_backend(),
+        "supported": ctx.get_supported_backends(),
+        "sum": float(total.item()),
+        "refused": refused,
+        "initialized_after_destroy": dist.is_initialized(),
+    }
+
+
+def test_snowflake_sample_train_funcs_run_unchanged(ray_cluster: None, tmp_path: Path) -> None:
+    result = distributor(snowflake_sample_train).run(artifact_stage_location=tmp_path)
+    ranks = result.return_values
+    assert [r["world_rank"] for r in ranks] == [0, 1]
+    assert {r["sum"] for r in ranks} == {3.0}
+    assert {r["default_backend"] for r in ranks} == {"gloo"}  # CPU workers
+    assert ranks[0]["supported"] == ["gloo"]
+    world_size, nccl, rank = ranks[1]["refused"]
+    assert world_size.startswith("dist.init_process_group(world_size=3) inside train_func")
+    existing = "already set up this job's default process group (backend='gloo', world_size=2"
+    assert existing + ", rank=1)" in world_size
+    assert "backend='nccl' needs a CUDA GPU, which this worker does not have" in nccl
+    assert "rank=0" in rank
+    assert all(r["initialized_after_destroy"] for r in ranks)  # harmless; torn down after
+    assert result.get_metrics() == {"loss": 0.25, "sum": 3.0}
+    assert result.get_metrics_history()[0] == {"loss": 0.5, "test_accuracy": [0.5, 0.75]}
+    assert result.get_model_dir() == str(tmp_path / "model")  # Snowflake's argument name
+    # The next job on the same (warm) workers gets a fresh group, torch's functions restored.
+    again = distributor(describe).run(artifact_location=tmp_path / "again")
+    assert {r["sum"] for r in again.return_values} == {3.0}
+
+
+def test_torch_functions_are_replaced_only_while_train_func_runs() -> None:
+    from mlruntime_pytorch import process_group
+
+    original = dist.init_process_group, dist.destroy_process_group
+    process_group.install()
+    try:
+        assert dist.init_process_group is process_group.init_process_group
+        assert dist.distributed_c10d.destroy_process_group is process_group.destroy_process_group
+    finally:
+        process_group.uninstall()
+    assert (dist.init_process_group, dist.destroy_process_group) == original
+    assert dist.distributed_c10d.init_process_group is original[0]
+
+
 def sgd_step(model: Any, optimizer: Any, batch: dict[str, Any]) -> Any:
     """One optimizer step of y ~ x0..x3 on a batch; returns the loss."""
-    x = torch.stack([batch[f"x{j}"] for j in range(4)], dim=1)
-    loss = torch.nn.functional.mse_loss(model(x)[:, 0], batch["y"])
+    x = torch.cat([batch[f"x{j}"] for j in range(4)], dim=1)  # (B, 1) columns -> (B, 4)
+    loss = torch.nn.functional.mse_loss(model(x), batch["y"])
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -121,7 +191,7 @@ def train_linear(config: dict[str, Any]) -> dict[str, Any]:
             loss = sgd_step(model, optimizer, batch)
             steps += 1
             if epoch == 0:
-                seen.extend(batch["id"].tolist())
+                seen.extend(batch["id"].reshape(-1).tolist())
         ctx.report({"epoch": epoch, "loss": loss.item()})
     if ctx.get_rank() == 0:
         torch.save(model.module.state_dict(), Path(ctx.get_model_dir()) / "model.pt")
@@ -170,7 +240,7 @@ def resumable_train() -> dict[str, Any]:
         sgd_step(model, optimizer, batch)
         step += 1
         ids: list[Any] = [None, None]
-        dist.all_gather_object(ids, batch["id"].tolist())
+        dist.all_gather_object(ids, batch["id"].reshape(-1).tolist())
         for rank, got in enumerate(ids):
             seen[rank].extend(got)
         if ctx.get_attempt() == 0 and ctx.get_rank() == 1 and step == 7:
@@ -268,6 +338,8 @@ def test_bad_input_is_refused_before_workers_start(table_dc: DataConnector) -> N
         PyTorchDistributor(describe, scaling_config={"num_nodes": 1})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="num_workers_per_node must be a positive integer"):
         PyTorchScalingConfig(num_workers_per_node=0)
+    with pytest.raises(ConfigError, match="pass one"):
+        distributor(describe).run(artifact_location="a", artifact_stage_location="b")
 
 
 def node(cpus: float, gpus: float, name: str) -> NodeInfo:

@@ -53,28 +53,40 @@ class TorchBackend(Backend):
         }
 
     def setup(self, context: Context) -> None:
-        """Set the local GPU as the current device and initialize the default process group."""
+        """Set the local GPU as the current device, initialize the default process group and
+        let ``train_func`` call ``dist.init_process_group`` / ``destroy_process_group`` itself
+        (:mod:`mlruntime_pytorch.process_group`)."""
         import torch
         import torch.distributed as dist
 
+        from mlruntime_pytorch import process_group
+
+        process_group.uninstall()  # in case a failed job left it in place
         use_cuda = context.rank_info.local_device is not None and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(context.rank_info.local_device)
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         if dist.is_initialized():
             dist.destroy_process_group()
+        backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=backend,
             init_method=f"tcp://{context.get_master_addr()}:{context.get_master_port()}",
             rank=context.get_rank(),
             world_size=context.get_world_size(),
             timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S),
         )
+        context.collective_backends = ("nccl", "gloo") if use_cuda else ("gloo",)
+        process_group.install()
 
     def teardown(self, context: Context) -> None:
-        """Destroy the process group (the worker may serve another job)."""
+        """Put torch's ``init_process_group`` back and destroy the process group (the worker
+        may serve another job)."""
         import torch.distributed as dist
 
+        from mlruntime_pytorch import process_group
+
+        process_group.uninstall()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -86,8 +98,12 @@ class PyTorchDistributor(TrainFuncDistributor):
     the local GPU set as current device), torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
     LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) are set, and ``get_context()`` answers ranks,
     this rank's datasets, hyper-parameters, the model folder and the checkpoint to resume from.
-    ``run(dataset_map=..., hyper_params=..., artifact_location=...)`` returns a Result (see
-    :meth:`mlruntime.train_func.TrainFuncDistributor.run`).
+    A ``train_func`` that calls ``dist.init_process_group(...)`` itself, as Snowflake's samples
+    do, gets the existing group when it asks for the same one (no backend, or the one in use:
+    ``get_context().get_default_backend()``), and a clear error when it asks for another;
+    its ``dist.destroy_process_group()`` is harmless. ``run(dataset_map=..., hyper_params=...,
+    artifact_location=...)`` (or Snowflake's ``artifact_stage_location=``) returns a Result
+    (see :meth:`mlruntime.train_func.TrainFuncDistributor.run`).
 
     Args:
         train_func: A function of no arguments (or of one: the hyper-parameters dict).
@@ -101,10 +117,11 @@ class PyTorchDistributor(TrainFuncDistributor):
     Example:
         >>> def train_func():
         ...     ctx = get_context()
+        ...     dist.init_process_group(backend=ctx.get_default_backend())  # optional: a no-op
         ...     data = ctx.get_dataset_map()["train"].to_torch_dataset(batch_size=256)
         ...     model = torch.nn.parallel.DistributedDataParallel(make_model())
         ...     for batch in data: ...
-        ...     ctx.report({"loss": loss.item()})
+        ...     ctx.get_metrics_reporter().log_metrics({"loss": loss.item()})
         >>> result = PyTorchDistributor(train_func).run(dataset_map={"train": dc})
         >>> result.get_metrics()["loss"]
     """

@@ -73,7 +73,8 @@ class TensorFlowDistributor(TrainFuncDistributor):
     ``tf.distribute.MultiWorkerMirroredStrategy()`` created in ``train_func`` forms the job's
     cluster; ``get_context()`` answers ranks, this rank's datasets (use
     ``to_tf_dataset``), hyper-parameters, the model folder and the checkpoint to resume from.
-    ``run(dataset_map=..., hyper_params=..., artifact_location=...)`` returns a Result (see
+    ``run(dataset_map=..., hyper_params=..., artifact_location=...)`` (or Snowflake's
+    ``artifact_stage_location=``) returns a Result (see
     :meth:`mlruntime.train_func.TrainFuncDistributor.run`). Each job starts fresh worker
     processes: TensorFlow's collectives cannot be configured twice in one process.
 

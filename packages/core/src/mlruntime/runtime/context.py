@@ -22,6 +22,7 @@ from mlruntime.errors import ConfigError, NotInWorkerError, WorkerError
 __all__ = [
     "Checkpoint",
     "Context",
+    "MetricsReporter",
     "RankInfo",
     "get_context",
     "prune_checkpoints",
@@ -284,6 +285,9 @@ class Context:
     checkpoints_to_keep: int = 0
     reporter: Any = None
     backend_info: dict[str, Any] = field(default_factory=dict)
+    collective_backends: tuple[str, ...] = ()
+    """``torch.distributed`` backends this worker can use, its default first; set on the worker
+    by a framework backend that sets up a process group (the PyTorch plugin's)."""
     _gathers: int = 0
 
     def get_world_size(self) -> int:
@@ -292,6 +296,11 @@ class Context:
 
     def get_rank(self) -> int:
         """This worker's global rank (0 .. world size - 1)."""
+        return self.rank_info.world_rank
+
+    def get_world_rank(self) -> int:
+        """This worker's global rank: the same as :meth:`get_rank` (Snowflake's samples use
+        both names)."""
         return self.rank_info.world_rank
 
     def get_local_rank(self) -> int:
@@ -334,6 +343,41 @@ class Context:
     def get_attempt(self) -> int:
         """0 for the first attempt, then 1, 2 ... after each restart."""
         return self.attempt
+
+    def get_supported_backends(self) -> list[str]:
+        """The ``torch.distributed`` backends this worker can use, its default first:
+        ``["nccl", "gloo"]`` when it has GPUs, else ``["gloo"]``.
+
+        In a PyTorch job this is what the plugin found on the worker (a GPU that CUDA can
+        use); in other jobs it follows the GPUs Ray gave the worker.
+        """
+        if self.collective_backends:
+            return list(self.collective_backends)
+        return ["nccl", "gloo"] if self.rank_info.gpu_ids else ["gloo"]
+
+    def get_default_backend(self) -> str:
+        """The ``torch.distributed`` backend of this job: ``"nccl"`` on GPU workers, ``"gloo"``
+        on CPU workers.
+
+        In a PyTorch job it is the backend of the process group the plugin already set up, so
+        ``dist.init_process_group(backend=get_context().get_default_backend())`` runs the same
+        code on CPU and GPU workers. In other jobs it is the backend a process group of the
+        worker's devices would use.
+
+        Example:
+            >>> get_context().get_default_backend()
+            'gloo'
+        """
+        return self.get_supported_backends()[0]
+
+    def get_metrics_reporter(self) -> MetricsReporter:
+        """An object whose ``log_metrics(metrics)`` sends metrics to the driver, like
+        :meth:`report` without a checkpoint (Snowflake's name for reporting).
+
+        Example:
+            >>> get_context().get_metrics_reporter().log_metrics({"loss": 0.1}, step=3)
+        """
+        return MetricsReporter(self)
 
     def phase(self, name: str) -> None:
         """Tell the driver's progress output that rank 0 entered a phase (``"loading data"``,
@@ -402,6 +446,40 @@ class Context:
             )
             self.checkpoint_index += 1
         ray.get(self.reporter.report.remote(dict(metrics), location))
+
+
+class MetricsReporter:
+    """Sends metrics from a ``train_func`` to the driver: rank 0's become the Result's
+    ``get_metrics()`` (the last one) and ``get_metrics_history()`` (all, in order); other ranks'
+    are checked and dropped. Get it with ``get_context().get_metrics_reporter()``."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Report ``metrics`` (a dict of name -> value), as ``get_context().report(metrics)``.
+
+        Args:
+            metrics: Names and values (numbers, lists ...), kept as given.
+            step: Recorded as ``metrics["step"]`` when given (the progress bar follows it).
+
+        Raises:
+            ConfigError: If ``metrics`` is not a dict, ``step`` is not an integer, or
+                ``metrics`` already holds a different ``"step"``.
+        """
+        if not isinstance(metrics, dict):
+            raise ConfigError(
+                f"log_metrics needs a dict of name -> value, got {type(metrics).__name__}"
+            )
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise ConfigError(f"step must be an integer, got {step!r}")
+            if "step" in metrics and metrics["step"] != step:
+                raise ConfigError(
+                    f"log_metrics(step={step}) contradicts metrics['step']={metrics['step']!r}"
+                )
+            metrics = {**metrics, "step": step}
+        self._context.report(metrics)
 
 
 _current: Context | None = None

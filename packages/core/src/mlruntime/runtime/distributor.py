@@ -253,6 +253,7 @@ class Distributor:
         dataset_map: dict[str, Any] | None = None,
         hyper_params: dict[str, Any] | None = None,
         artifact_location: str | os.PathLike[str] | None = None,
+        artifact_stage_location: str | os.PathLike[str] | None = None,
         equal_shards: bool = False,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
         progress_total: int | None = None,
@@ -266,8 +267,11 @@ class Distributor:
                 DataConnector gives every rank all its rows. Frames and DuckDB results are
                 staged once first (object store or Parquet under the run folder).
             hyper_params: What ``get_context().get_hyper_params()`` returns, types kept.
-            artifact_location: Folder for the run's model dir and checkpoints (default: a new
-                folder under the storage's ``runs/``).
+            artifact_location: Folder for the run's model dir and checkpoints, a path or any
+                storage URI such as ``s3://bucket/runs/x`` (default: a new folder under the
+                storage's ``runs/``).
+            artifact_stage_location: Snowflake's name for ``artifact_location``; give one
+                or the other.
             equal_shards: For ShardedDataConnectors made without ``equal``: give every rank
                 the same number of rows (the remainder is dropped).
             on_metrics: Also called with every metrics dict rank 0 reports.
@@ -277,14 +281,17 @@ class Distributor:
             A Result with rank 0's reports, checkpoints and every rank's return value.
 
         Raises:
-            ConfigError: For a missing, non-callable or non-picklable ``train_func``, or
-                ``dataset_map`` values that are not DataConnectors — before any worker starts.
+            ConfigError: For a missing, non-callable or non-picklable ``train_func``,
+                ``dataset_map`` values that are not DataConnectors, or both
+                ``artifact_location`` and ``artifact_stage_location`` — before any worker
+                starts.
             ResourceError: If the scaling request cannot be met.
             WorkerError: If ranks fail (after the allowed restarts), with every rank's error
                 and the history of attempts.
         """
         if train_func is None:
             raise ConfigError(f"{type(self).__name__}.run() needs the function to run")
+        artifact_location = _artifact_location(artifact_location, artifact_stage_location)
         progress = Progress(self.name, self.verbose, total=progress_total)
         try:
             return self._run(
@@ -458,6 +465,19 @@ def _abandon(group: WorkerGroup, backend: Backend) -> None:
             step()
         except Exception:  # keep tearing down; the original exception is what matters
             pass
+
+
+def _artifact_location(
+    location: str | os.PathLike[str] | None, stage_location: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | None:
+    """The run folder asked for, by our name or Snowflake's (``artifact_stage_location``)."""
+    if location is not None and stage_location is not None:
+        raise ConfigError(
+            f"run() got artifact_location={os.fspath(location)!r} and "
+            f"artifact_stage_location={os.fspath(stage_location)!r}; they name the same "
+            "folder (artifact_stage_location is Snowflake's name for it): pass one"
+        )
+    return location if location is not None else stage_location
 
 
 def _default_run_dir(name: str) -> str:

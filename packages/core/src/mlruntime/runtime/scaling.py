@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mlruntime.errors import ConfigError, ResourceError
 from mlruntime.runtime.cluster import NodeInfo
@@ -25,29 +25,42 @@ __all__ = [
 
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 
+_NOTHING_TO_RUN_ON = (
+    "a worker with num_cpus=0 and num_gpus=0 has nothing to run on: num_cpus=0 is for GPU "
+    "workers (WorkerResourceConfig(num_cpus=0, num_gpus=1)); give CPU workers num_cpus >= 1 "
+    "or -1 (auto)"
+)
+
 
 @dataclass(frozen=True)
 class WorkerResourceConfig:
-    """Resources of one worker.
+    """Resources of one worker (Snowflake's ``WorkerResourceConfig(num_cpus, num_gpus=0)``).
 
     Args:
-        num_cpus: Logical CPUs (``-1``: auto).
-        num_gpus: GPUs (``None``: auto — one if the job uses GPUs, else none). A fraction below
+        num_cpus: Logical CPUs to reserve for each worker (``-1``: auto). ``0`` reserves none,
+            for GPU workers that only drive their GPU; the worker still runs one thread.
+        num_gpus: GPUs to reserve for each worker; ``0`` (the default, as in Snowflake) means
+            none. ``None`` means auto: one if the job uses GPUs, else none. A fraction below
             one shares a GPU; above one it must be a whole number.
         memory: Bytes of memory to reserve, or ``None``.
 
     Raises:
-        ConfigError: For a non-positive CPU count, a negative or fractional-above-one GPU count,
-            or a non-positive memory.
+        ConfigError: For a negative CPU count (other than -1), a negative or
+            fractional-above-one GPU count, a worker with no CPUs and no GPUs, or a
+            non-positive memory.
+
+    Example:
+        >>> WorkerResourceConfig(num_cpus=0, num_gpus=1)  # a GPU worker reserving no CPU
+        WorkerResourceConfig(num_cpus=0, num_gpus=1, memory=None)
     """
 
     num_cpus: float = -1
-    num_gpus: float | None = None
+    num_gpus: float | None = 0
     memory: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_cpus != -1 and (not _is_number(self.num_cpus) or self.num_cpus <= 0):
-            raise ConfigError(f"num_cpus must be > 0 or -1 (auto), got {self.num_cpus!r}")
+        if self.num_cpus != -1 and (not _is_number(self.num_cpus) or self.num_cpus < 0):
+            raise ConfigError(f"num_cpus must be >= 0 or -1 (auto), got {self.num_cpus!r}")
         if self.num_gpus is not None:
             if not _is_number(self.num_gpus) or self.num_gpus < 0:
                 raise ConfigError(f"num_gpus must be >= 0 or None (auto), got {self.num_gpus!r}")
@@ -56,8 +69,14 @@ class WorkerResourceConfig:
                     f"num_gpus={self.num_gpus} is not possible: use a whole number of GPUs, or a "
                     "fraction below 1 to share one GPU"
                 )
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ConfigError(_NOTHING_TO_RUN_ON)
         if self.memory is not None and (not _is_number(self.memory) or self.memory <= 0):
             raise ConfigError(f"memory must be a positive number of bytes, got {self.memory!r}")
+
+
+AUTO_RESOURCES = WorkerResourceConfig(num_cpus=-1, num_gpus=None)
+"""What a worker gets when no resource config is given: CPUs and GPUs both auto."""
 
 
 def _is_number(value: object) -> bool:
@@ -70,17 +89,21 @@ class ScalingConfig:
 
     Args:
         num_workers: Workers in all (``-1``: auto).
-        resources_per_worker: CPUs/GPUs/memory of each worker.
-        use_gpu: ``None``: use GPUs if the cluster has any; ``True``: require them;
-            ``False``: CPUs only.
+        resources_per_worker: CPUs/GPUs/memory of each worker. ``None`` (the default) is auto
+            for both CPUs and GPUs; a ``WorkerResourceConfig`` without ``num_gpus`` asks for
+            no GPU, as in Snowflake.
+        use_gpu: ``None``: use GPUs if the worker resources ask for them (or, with no
+            resources given, if the cluster has any); ``True``: require them (one per worker
+            unless ``num_gpus`` says otherwise); ``False``: CPUs only.
         placement_strategy: Ray placement strategy (``"SPREAD"`` by default: across nodes).
 
     Raises:
-        ConfigError: For ``num_workers`` of 0 or below -1, or an unknown strategy.
+        ConfigError: For ``num_workers`` of 0 or below -1, resources that are not a
+            WorkerResourceConfig, or an unknown strategy.
     """
 
     num_workers: int = -1
-    resources_per_worker: WorkerResourceConfig = field(default_factory=WorkerResourceConfig)
+    resources_per_worker: WorkerResourceConfig | None = None
     use_gpu: bool | None = None
     placement_strategy: str = "SPREAD"
 
@@ -92,6 +115,12 @@ class ScalingConfig:
         ):
             raise ConfigError(
                 f"num_workers must be a positive integer or -1 (auto), got {self.num_workers!r}"
+            )
+        res = self.resources_per_worker
+        if res is not None and not isinstance(res, WorkerResourceConfig):
+            raise ConfigError(
+                "resources_per_worker must be a WorkerResourceConfig (e.g. "
+                f"WorkerResourceConfig(num_cpus=2)), got {type(res).__name__}"
             )
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
             raise ConfigError(
@@ -146,6 +175,8 @@ def resolve_scaling(config: ScalingConfig, nodes: Sequence[NodeInfo]) -> Resolve
     """Resolve auto values against ``nodes`` and check the request can be placed.
 
     Raises:
+        ConfigError: If the request contradicts itself (GPUs per worker with
+            ``use_gpu=False``; ``num_cpus=0`` for a job without GPUs).
         ResourceError: If the cluster cannot hold the request (the message says what was asked
             and what exists).
     """
@@ -155,7 +186,7 @@ def resolve_scaling(config: ScalingConfig, nodes: Sequence[NodeInfo]) -> Resolve
     total_cpus = sum(n.num_cpus for n in alive)
     total_gpus = sum(n.num_gpus for n in alive)
     have = f"the cluster has {len(alive)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs"
-    res = config.resources_per_worker
+    res = config.resources_per_worker or AUTO_RESOURCES
     use_gpu = config.use_gpu
     if use_gpu is None:
         use_gpu = bool(res.num_gpus) if res.num_gpus is not None else total_gpus > 0
@@ -163,7 +194,10 @@ def resolve_scaling(config: ScalingConfig, nodes: Sequence[NodeInfo]) -> Resolve
         raise ResourceError(f"use_gpu=True asks for GPUs, but {have}")
     if not use_gpu and res.num_gpus:
         raise ConfigError(f"num_gpus={res.num_gpus} per worker contradicts use_gpu=False")
-    gpus = (res.num_gpus if res.num_gpus is not None else 1.0) if use_gpu else 0.0
+    gpus = float(res.num_gpus or 1.0) if use_gpu else 0.0  # use_gpu=True: at least one each
+    if res.num_cpus == 0 and not gpus:
+        why = "use_gpu=False" if config.use_gpu is False else have
+        raise ConfigError(f"{_NOTHING_TO_RUN_ON} (this job uses no GPUs: {why})")
 
     workers = config.num_workers
     if workers == -1:
@@ -219,8 +253,9 @@ class NodeScalingConfig:
         num_nodes: Nodes to use (``-1``: every node that can hold a worker).
         num_workers_per_node: Workers per node (``-1``: one per GPU of the node when GPUs are
             used, else one per node).
-        resource_requirements_per_worker: CPUs/GPUs of each worker (default: auto — the
-            node's CPUs split among its workers, one GPU each when the cluster has GPUs).
+        resource_requirements_per_worker: CPUs/GPUs of each worker (default ``None``: auto —
+            the node's CPUs split among its workers, one GPU each when the cluster has GPUs).
+            A ``WorkerResourceConfig`` without ``num_gpus`` asks for no GPU, as in Snowflake.
 
     Raises:
         ConfigError: For 0 or negative (other than -1) counts, or resources that are not a
@@ -250,9 +285,10 @@ class NodeScalingConfig:
         strictly (``STRICT_SPREAD``); otherwise workers are spread across nodes.
 
         Raises:
+            ConfigError: For ``num_cpus=0`` in a job without GPUs.
             ResourceError: If the cluster cannot hold the request; says what exists.
         """
-        res = self.resource_requirements_per_worker or WorkerResourceConfig()
+        res = self.resource_requirements_per_worker or AUTO_RESOURCES
         use_gpu = None if res.num_gpus is None else res.num_gpus > 0
         auto_config = ScalingConfig(resources_per_worker=res, use_gpu=use_gpu)
         if self.num_nodes == -1 and self.num_workers_per_node == -1:

@@ -63,6 +63,7 @@ class TrainFuncDistributor(Distributor):
         dataset_map: dict[str, Any] | None = None,
         hyper_params: dict[str, Any] | None = None,
         artifact_location: str | os.PathLike[str] | None = None,
+        artifact_stage_location: str | os.PathLike[str] | None = None,
         equal_shards: bool = True,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
         progress_total: int | None = None,
@@ -75,8 +76,11 @@ class TrainFuncDistributor(Distributor):
                 default so ranks take the same number of steps), read straight from storage on
                 the worker. A ShardedDataConnector is passed as is.
             hyper_params: Values ``get_context().get_hyper_params()`` returns, types kept.
-            artifact_location: Folder for the run's model dir and checkpoints (default: a new
-                folder under ``MLRUNTIME_HOME/runs``).
+            artifact_location: Folder for the run's model dir and checkpoints, a path or any
+                storage URI such as ``s3://bucket/runs/x`` (default: a new folder under the
+                storage's ``runs/``). Multi-node jobs need storage every node reaches.
+            artifact_stage_location: Snowflake's name for ``artifact_location``; give one
+                or the other.
             equal_shards: Give every rank the same number of rows (the remainder is dropped).
             on_metrics: Also called with every metrics dict rank 0 reports.
             progress_total: Reports expected (e.g. epochs), for the progress bar.
@@ -88,7 +92,8 @@ class TrainFuncDistributor(Distributor):
 
         Raises:
             ConfigError: ``train_func`` not picklable, ``dataset_map`` values that are not
-                DataConnectors — before any worker starts.
+                DataConnectors, both ``artifact_location`` and ``artifact_stage_location``
+                — before any worker starts.
             ResourceError: A scaling request the cluster cannot meet.
             WorkerError: Ranks failed (every rank's error and traceback), after the allowed
                 restarts.
@@ -98,6 +103,7 @@ class TrainFuncDistributor(Distributor):
             dataset_map=dataset_map,
             hyper_params=dict(hyper_params or {}),
             artifact_location=artifact_location,
+            artifact_stage_location=artifact_stage_location,
             equal_shards=equal_shards,
             on_metrics=on_metrics,
             progress_total=progress_total,
