@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from mlruntime.runtime.scaling import ScalingConfig as ScalingConfig
     from mlruntime.runtime.scaling import WorkerResourceConfig as WorkerResourceConfig
     from mlruntime.runtime.workers import WorkerGroup as WorkerGroup
+    from mlruntime.store.dataframe import DataFrame as DataFrame
+    from mlruntime.store.dataframe import DataFrameWriter as DataFrameWriter
     from mlruntime.store.datasets import Dataset as Dataset
     from mlruntime.store.datasets import DatasetReader as DatasetReader
     from mlruntime.store.datasets import create_from_dataframe as create_from_dataframe
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from mlruntime.store.datasets import list_datasets as list_datasets
     from mlruntime.store.datasets import list_versions as list_versions
     from mlruntime.store.datasets import load_dataset as load_dataset
+    from mlruntime.store.row import Row as Row
     from mlruntime.store.session import Session as Session
     from mlruntime.store.session import get_active_session as get_active_session
     from mlruntime.store.sinks import DatasetSink as DatasetSink
@@ -76,6 +79,9 @@ _LAZY: dict[str, str] = {
     "WorkerResourceConfig": "mlruntime.runtime.scaling",
     "WorkerGroup": "mlruntime.runtime.workers",
     "Dataset": "mlruntime.store.datasets",
+    "DataFrame": "mlruntime.store.dataframe",
+    "DataFrameWriter": "mlruntime.store.dataframe",
+    "Row": "mlruntime.store.row",
     "create_from_dataframe": "mlruntime.store.datasets",
     "delete_version": "mlruntime.store.datasets",
     "list_datasets": "mlruntime.store.datasets",

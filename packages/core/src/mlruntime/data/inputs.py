@@ -18,7 +18,22 @@ from mlruntime.data.sources import (
 )
 from mlruntime.errors import ConfigError, SourceError
 
-__all__ = ["DuckDBSource", "source_from_object", "source_from_path"]
+__all__ = ["DuckDBSource", "relation_of", "source_from_object", "source_from_path"]
+
+
+def relation_of(obj: Any) -> Any:
+    """The DuckDB relation behind ``obj`` if it is a relation or exposes one, else ``None``.
+
+    Objects expose their relation with a ``__mlruntime_relation__()`` method (the warehouse's
+    ``DataFrame`` does), so the data layer reads them without importing the store layer.
+    """
+    unwrap = getattr(type(obj), "__mlruntime_relation__", None)
+    if callable(unwrap):
+        return unwrap(obj)
+    kind = type(obj)
+    if kind.__module__.startswith("duckdb") and "Relation" in kind.__name__:
+        return obj
+    return None
 
 
 class DuckDBSource(Source):
@@ -28,13 +43,16 @@ class DuckDBSource(Source):
     result travels to workers as Arrow fragments.
 
     Args:
-        relation: A ``duckdb.DuckDBPyRelation`` (``session.table(...)``, ``session.sql(...)``).
+        relation: A ``duckdb.DuckDBPyRelation``, or an object exposing one through
+            ``__mlruntime_relation__()`` such as the DataFrame of ``session.table(...)`` and
+            ``session.sql(...)`` (its relation is kept).
         label: What to call it in reprs (the query text, the table name).
     """
 
     def __init__(self, relation: Any, label: str | None = None) -> None:
-        self.relation = relation
-        self.label = label or _relation_label(relation)
+        unwrapped = relation_of(relation)
+        self.relation = relation if unwrapped is None else unwrapped
+        self.label = label or _relation_label(self.relation)
         self._arrow: ArrowSource | None = None
         self._lock = threading.Lock()
 
@@ -166,7 +184,8 @@ def source_from_object(obj: Any, filesystem: Any = None) -> Source:
     """Wrap a user object as a Source.
 
     Accepts Sources, paths/URIs, Arrow tables/record batches/readers, pandas and polars frames,
-    dicts of columns, DuckDB relations, Ray Datasets and dataset versions.
+    dicts of columns, DuckDB relations and objects exposing one (the warehouse's DataFrame, see
+    :func:`relation_of`), Ray Datasets and dataset versions.
 
     Raises:
         ConfigError: For anything else (the message lists what is accepted).
@@ -183,6 +202,9 @@ def source_from_object(obj: Any, filesystem: Any = None) -> Source:
         return ArrowSource(obj.read_all())
     if isinstance(obj, dict):
         return ArrowSource(pa.table(obj), label="dict")
+    relation = relation_of(obj)
+    if relation is not None:
+        return DuckDBSource(relation)
     module = type(obj).__module__
     name = type(obj).__name__
     if module.startswith("pandas") and name == "DataFrame":
@@ -193,8 +215,6 @@ def source_from_object(obj: Any, filesystem: Any = None) -> Source:
             name = "DataFrame"
         if name == "DataFrame":
             return ArrowSource(obj.to_arrow(), "polars.DataFrame")
-    if module.startswith("duckdb") and "Relation" in name:
-        return DuckDBSource(obj)
     plugin = _plugin_source_for_object(obj)
     if plugin is not None:
         return plugin

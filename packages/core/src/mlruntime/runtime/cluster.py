@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,8 +33,12 @@ _started_by_us = False
 
 
 @dataclass(frozen=True)
-class NodeInfo:
+class NodeInfo(Mapping[str, Any]):
     """One alive node of the Ray cluster.
+
+    It also reads as Snowflake's node mapping ``{"name", "cpus", "gpus"}``: ``node["cpus"]``,
+    ``node.get("gpus")``, ``"name" in node``, ``node.items()`` and ``dict(node)`` (whole
+    counts are ints there, as in Snowflake); every attribute below stays.
 
     Attributes:
         node_id: Ray's node id.
@@ -56,8 +61,31 @@ class NodeInfo:
     resources: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict of this node."""
+        """Return a JSON-serialisable dict of this node (every attribute)."""
         return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "name":
+            return self.name
+        if key == "cpus":
+            return _count(self.num_cpus)
+        if key == "gpus":
+            return _count(self.num_gpus)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SNOWFLAKE_NODE_KEYS)
+
+    def __len__(self) -> int:
+        return len(SNOWFLAKE_NODE_KEYS)
+
+
+SNOWFLAKE_NODE_KEYS = ("name", "cpus", "gpus")
+"""The keys of a node read as a mapping (Snowflake's ``get_nodes()`` entries)."""
+
+
+def _count(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
 
 
 def is_initialized() -> bool:

@@ -1,0 +1,103 @@
+"""Snowflake's published examples, ported by changing imports only, run on mlruntime.
+
+Each ``tests/ports/<name>.py`` is one example as Snowflake published it; its docstring names the
+source and every difference (imports; the device where a GPU is named). The harness stands in
+for each example's data-preparation step (the quickstarts load a CSV from S3 with ``COPY INTO``,
+the multi-node guide generates a table with Snowflake SQL): it creates the same tables in the
+warehouse of a fresh ``MLRUNTIME_HOME``, then runs the example in a new process. The table
+names are the originals', three-part names included (a DuckDB catalog ``CR_QUICKSTART`` with a
+schema ``PUBLIC`` stands for Snowflake's database and schema).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PORTS = Path(__file__).parent
+
+VEHICLE = """
+session.sql("ATTACH ':memory:' AS CR_QUICKSTART")
+session.sql("CREATE SCHEMA CR_QUICKSTART.PUBLIC")
+session.sql('''
+    CREATE TABLE CR_QUICKSTART.PUBLIC.VEHICLE AS
+    SELECT (i % 97)::BIGINT AS C1,
+           TIMESTAMP '2024-01-01' + to_seconds(i) AS C2,
+           (i % 13)::BIGINT AS C3, (i % 7)::BIGINT AS C4,
+           round(((i * 7919) % 1000) / 10.0, 2)::DOUBLE AS C5,
+           ((i % 13) * 3 + (i % 7) * 2 + ((i * 7919) % 1000) / 100)::BIGINT AS C6,
+           (i % 5)::BIGINT AS C7, (i % 11)::BIGINT AS C8, (i % 3)::BIGINT AS C9
+    FROM range(6000) t(i)
+''')
+"""
+
+MULTINODE = """
+cols = ", ".join(f"random() * 10 AS FT_{i}" for i in range(1, 10))
+session.sql(f"CREATE TABLE MULTINODE_SAMPLE_TRAIN_DS AS SELECT {cols} FROM range(10000)")
+session.sql("ALTER TABLE MULTINODE_SAMPLE_TRAIN_DS ADD COLUMN TARGET DOUBLE")
+session.sql("UPDATE MULTINODE_SAMPLE_TRAIN_DS SET TARGET = FT_1 + FT_2")
+"""
+
+
+def run_port(name: str, setup: str, tmp_path: Path) -> str:
+    """Run ``tests/ports/<name>.py`` after ``setup`` in a fresh process; return its output."""
+    script = tmp_path / "run_port.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import runpy
+            import mlruntime
+            session = mlruntime.get_active_session()
+            {textwrap.indent(textwrap.dedent(setup), "            ").strip()}
+            runpy.run_path({str(PORTS / (name + ".py"))!r}, run_name="__main__")
+            print("PORT-OK")
+            """
+        )
+    )
+    env = {**os.environ, "MLRUNTIME_HOME": str(tmp_path / "home"), "MLRUNTIME_QUIET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0 and "PORT-OK" in done.stdout, (
+        done.stdout[-4000:] + done.stderr[-6000:]
+    )
+    return done.stdout
+
+
+def predictions(output: str, prefix: str) -> list[float]:
+    """The numbers of the numpy array printed after ``prefix`` (it may wrap over lines)."""
+    text = output[output.index(prefix) + len(prefix) :]
+    return [float(v) for v in text[text.index("[") + 1 : text.index("]")].split()]
+
+
+@pytest.mark.timeout(600)
+def test_multinode_xgboost_with_ray_data_ingester(tmp_path: Path) -> None:
+    run_port("xgboost_multinode_ray_ingester", MULTINODE, tmp_path)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["xgboost_on_gpu", "lightgbm_on_gpu"])
+def test_gbdt_on_gpu_quickstarts(tmp_path: Path, name: str) -> None:
+    out = run_port(name, VEHICLE, tmp_path)
+    assert "Training set size: 5400 rows" in out
+    ours = predictions(out, "Snowflake Container Runtime predictions:")
+    oss = predictions(out, "Sample predictions:")
+    assert len(ours) == len(oss) == 10
+    # both models learn the same target from the same columns: predictions of similar scale
+    assert 0.2 < (sum(ours) / len(ours)) / (sum(oss) / len(oss)) < 5
+
+
+@pytest.mark.timeout(600)
+def test_pytorch_on_gpu_quickstart(tmp_path: Path) -> None:
+    out = run_port("pytorch_on_gpu", VEHICLE, tmp_path)
+    assert "Epoch [10/10]" in out and "Training finished" in out
