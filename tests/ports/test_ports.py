@@ -101,3 +101,12 @@ def test_gbdt_on_gpu_quickstarts(tmp_path: Path, name: str) -> None:
 def test_pytorch_on_gpu_quickstart(tmp_path: Path) -> None:
     out = run_port("pytorch_on_gpu", VEHICLE, tmp_path)
     assert "Epoch [10/10]" in out and "Training finished" in out
+
+
+@pytest.mark.timeout(600)
+def test_dataset_guide(tmp_path: Path) -> None:
+    out = run_port("dataset_guide", "", tmp_path)
+    lines = out.splitlines()
+    assert "DatasetVersion(dataset='my_dataset', version='version1')" in lines
+    assert "['version1', 'version2']" in lines
+    assert lines.count("version1") == 2 and lines.count("version2") == 2

@@ -129,11 +129,38 @@ class Dataset:
         ``to_torch_dataset``, ``to_tf_dataset`` ..., plus ``files()``."""
         return DatasetReader([self.to_source()], dataset=self)
 
+    # -- Snowflake's Dataset shape: a dataset with a selected version ----------------------
+
     @property
-    def selected_version(self) -> Dataset:
-        """This version (Snowflake's ``Dataset.selected_version``; a Dataset here is one
-        version)."""
-        return self
+    def fully_qualified_name(self) -> str:
+        """The dataset's name (Snowflake's ``fully_qualified_name``)."""
+        return self.name
+
+    @property
+    def selected_version(self) -> DatasetVersion:
+        """The version this object reads (Snowflake's ``Dataset.selected_version``)."""
+        return DatasetVersion(self)
+
+    def list_versions(self) -> list[str]:
+        """Every version of this dataset, oldest name first."""
+        return list_versions(self.name)
+
+    def select_version(self, version: str) -> Dataset:
+        """The same dataset with ``version`` selected (a new object; this one is unchanged).
+
+        Raises:
+            DatasetNotFoundError: If the version does not exist.
+        """
+        return _load(self.name, version)
+
+    def create_version(self, version: str, input_dataframe: Any, **version_kwargs: Any) -> Dataset:
+        """Create ``version`` of this dataset from data and return it selected (this object
+        keeps its own version), as Snowflake's ``Dataset.create_version``.
+
+        Raises:
+            DatasetExistsError: If the version exists.
+        """
+        return create_from_dataframe(self.name, version, input_dataframe, **version_kwargs)
 
     def verify(self) -> None:
         """Check every file's size and SHA-256 against the manifest.
@@ -159,6 +186,46 @@ class Dataset:
         return f"Dataset({self.name!r}, version={self.version!r}, rows={self.num_rows})"
 
 
+class DatasetVersion:
+    """One version of a dataset as Snowflake describes it: ``name``, ``created_on``,
+    ``label_cols``, ``exclude_cols``, ``comment``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._dataset = dataset
+
+    @property
+    def name(self) -> str:
+        """The version string."""
+        return self._dataset.version
+
+    @property
+    def created_on(self) -> _dt.datetime:
+        """When the version was published."""
+        return _dt.datetime.fromisoformat(self._dataset.manifest["created_at"])
+
+    @property
+    def label_cols(self) -> list[str]:
+        """Label columns given at creation (recorded, not removed from reads)."""
+        return list(self._dataset.manifest.get("properties", {}).get("label_cols", []))
+
+    @property
+    def exclude_cols(self) -> list[str]:
+        """Columns to exclude given at creation (recorded, not removed from reads)."""
+        return list(self._dataset.manifest.get("properties", {}).get("exclude_cols", []))
+
+    @property
+    def comment(self) -> str | None:
+        """Free text: the manifest's origin."""
+        return self._dataset.manifest.get("origin")
+
+    def url(self) -> str:
+        """Where the version's files are (a local path or a storage URI)."""
+        return self._dataset.path
+
+    def __repr__(self) -> str:
+        return f"DatasetVersion(dataset={self._dataset.name!r}, version={self.name!r})"
+
+
 class DatasetReader(DataConnector):
     """What ``Dataset.read`` returns: a DataConnector over one dataset version.
 
@@ -172,8 +239,40 @@ class DatasetReader(DataConnector):
         self.dataset = dataset
 
     def files(self) -> list[str]:
-        """The version's Parquet files (local paths or URIs), in order."""
-        return list(self.dataset.files)
+        """The version's Parquet files (paths on :meth:`filesystem`), in order."""
+        fs_path = storage.resolve(self.dataset.path)[1]
+        return [f"{fs_path}/{f['name']}" for f in self.dataset.manifest["files"]]
+
+    def filesystem(self) -> Any:
+        """The pyarrow filesystem :meth:`files` are on (``pq.ParquetDataset(reader.files(),
+        filesystem=reader.filesystem())``)."""
+        return storage.resolve(self.dataset.path)[0]
+
+    def to_snowpark_dataframe(self, only_feature_cols: bool = False) -> Any:
+        """The version as a warehouse DataFrame (lazy, read from its files by DuckDB).
+
+        Args:
+            only_feature_cols: Leave out the version's label and exclude columns.
+        """
+        import pyarrow.dataset as pads
+
+        from mlruntime.store.session import get_active_session
+
+        data = pads.dataset(self.files(), filesystem=self.filesystem(), format="parquet")
+        from mlruntime.store.dataframe import DataFrame
+
+        session = get_active_session()
+        frame = DataFrame(session.connection.from_arrow(data), session)
+        if only_feature_cols:
+            version = self.dataset.selected_version
+            drop = [*version.label_cols, *version.exclude_cols]
+            if drop:
+                frame = frame.drop(drop)
+        return frame
+
+    def to_torch_datapipe(self, *, batch_size: int, shuffle: bool = False, **kwargs: Any) -> Any:
+        """Deprecated in Snowflake: the same as ``to_torch_dataset``."""
+        return self.to_torch_dataset(batch_size=batch_size, shuffle=shuffle, **kwargs)
 
 
 def _sha256(path: str) -> str:
@@ -265,8 +364,8 @@ class VersionWriter:
         else:
             self.write_part(pq.read_table(path), part)
 
-    def commit(self, origin: str) -> Dataset:
-        """Write the manifest and publish the version.
+    def commit(self, origin: str, properties: dict[str, Any] | None = None) -> Dataset:
+        """Write the manifest (with JSON-able ``properties``) and publish the version.
 
         Raises:
             DatasetExistsError: If another writer published the same version first.
@@ -299,6 +398,7 @@ class VersionWriter:
             "columns": {f.name: str(f.type) for f in self.schema},
             "files": files,
             "origin": origin,
+            "properties": dict(properties or {}),
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "mlruntime_version": __version__,
         }
@@ -371,6 +471,9 @@ def create_from_dataframe(*args: Any, origin: str | None = None, **kwargs: Any) 
     if len(args) > len(names):
         raise ConfigError("create_from_dataframe() takes (session,) name, version, input_dataframe")
     name, version, input_dataframe = values["name"], values["version"], values["input_dataframe"]
+    properties: dict[str, Any] = {
+        k: list(kwargs[k] or []) for k in ("label_cols", "exclude_cols") if k in kwargs
+    }
     if kwargs and origin is None:
         origin = "version_kwargs " + ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
     writer = VersionWriter(name, version)
@@ -383,7 +486,7 @@ def create_from_dataframe(*args: Any, origin: str | None = None, **kwargs: Any) 
         if writer.schema is None:
             writer.write_part(connector.schema.empty_table(), 0)
         description = origin or ", ".join(s.describe() for s in connector.sources)
-        return writer.commit(origin=description)
+        return writer.commit(origin=description, properties=properties)
     except BaseException:
         writer.abort()
         raise
