@@ -22,17 +22,14 @@ PORTS = Path(__file__).parent
 ROWS = 2000
 
 TABLES = f"""
-session.sql('CREATE TABLE "example-table-name" AS SELECT i AS ID, i * 0.5 AS VALUE FROM range(5) t(i)')
+session.sql('CREATE TABLE "example-table-name" AS SELECT i AS ID, i * 0.5 AS V FROM range(5) t(i)')
+session.sql("CREATE TABLE TRAINING_TABLE (FEATURE1 DOUBLE, FEATURE2 DOUBLE, TARGET BIGINT)")
 session.sql('''
-    CREATE TABLE TRAINING_TABLE AS
-    SELECT ((i * 7919) % 1000) / 100.0 AS FEATURE1,
-           ((i * 104729) % 997) / 100.0 AS FEATURE2
-    FROM range({ROWS}) t(i)
+    INSERT INTO TRAINING_TABLE
+    SELECT f1, f2, (f1 > f2)::BIGINT
+    FROM (SELECT ((i * 7919) % 1000) / 100.0 AS f1, ((i * 104729) % 997) / 100.0 AS f2
+          FROM range({ROWS}) t(i))
 ''')
-session.sql("ALTER TABLE TRAINING_TABLE ALTER FEATURE1 TYPE DOUBLE")
-session.sql("ALTER TABLE TRAINING_TABLE ALTER FEATURE2 TYPE DOUBLE")
-session.sql("ALTER TABLE TRAINING_TABLE ADD COLUMN TARGET BIGINT")
-session.sql("UPDATE TRAINING_TABLE SET TARGET = (FEATURE1 > FEATURE2)::BIGINT")
 """
 
 FACTS = """

@@ -12,3 +12,12 @@ class TestPytorchPluginConformance(PluginConformance):
         "adapter": ["to_torch_dataset"],
         "distributor": ["PyTorchDistributor", "PyTorchScalingConfig"],
     }
+
+
+def test_snowflakes_legacy_pytorch_names_are_aliases() -> None:
+    import mlruntime_pytorch as plugin
+    from mlruntime.runtime.context import get_context
+
+    assert plugin.PyTorchTrainer is plugin.PyTorchDistributor
+    assert plugin.ScalingConfig is plugin.PyTorchScalingConfig
+    assert plugin.getContext is get_context

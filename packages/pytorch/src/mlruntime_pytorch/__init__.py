@@ -32,10 +32,20 @@ _LAZY = {
     "get_context": "mlruntime.runtime.context",
 }
 
-__all__ = ["__version__", *_LAZY]
+# Snowflake's legacy ``snowflake.ml.modeling.pytorch`` names, for notebooks written against it.
+_ALIASES = {
+    "PyTorchTrainer": ("mlruntime_pytorch.distributor", "PyTorchDistributor"),
+    "ScalingConfig": ("mlruntime_pytorch.distributor", "PyTorchScalingConfig"),
+    "getContext": ("mlruntime.runtime.context", "get_context"),
+}
+
+__all__ = ["__version__", *_LAZY, *_ALIASES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _ALIASES:
+        module_name, target = _ALIASES[name]
+        return getattr(importlib.import_module(module_name), target)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mlruntime_pytorch' has no attribute {name!r}")
