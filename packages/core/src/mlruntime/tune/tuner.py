@@ -1,0 +1,462 @@
+"""``Tuner``: Snowflake's hyper-parameter tuning API on Ray Tune, with its limits removed.
+
+Each trial runs ``train_func`` in a Ray Tune trial; ``get_tuner_context()`` gives it the trial's
+hyper-parameters and the datasets, and ``report(metrics, model=None)`` reports (every call is
+one Tune iteration, so schedulers such as ASHA can stop bad trials early). The datasets are
+staged once for all trials (frames and DuckDB tables into the object store or Parquet on the
+storage; files stay where they are). Results live under the storage (``<storage>/tune/``), so
+``Tuner.restore(path, train_func)`` finishes a run whose driver died without re-running
+finished trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
+from mlruntime.tune.search import RandomSearch, SearchAlgorithm
+from mlruntime.tune.space import to_tune_space
+
+__all__ = [
+    "Tuner",
+    "TunerConfig",
+    "TunerContext",
+    "TunerResults",
+    "get_tuner_context",
+]
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "mlruntime_tuner.json"
+"""The run's metric and mode, kept with Tune's state so ``Tuner.restore`` needs no config."""
+
+MODEL_FILE = "model.pkl"
+"""A reported model's file inside its Tune checkpoint (pickle: trusted input only)."""
+
+
+@dataclass
+class TunerConfig:
+    """How to tune.
+
+    Args:
+        metric: The reported metric to optimise.
+        mode: ``"min"`` or ``"max"``.
+        search_alg: ``RandomSearch()`` (default), ``GridSearch()`` or ``BayesOpt()``.
+        num_trials: Trials to run (samples of the space; a grid runs each combination once).
+        max_concurrent_trials: Trials at once (default: as many as the cluster fits).
+        resource_per_trial: Resources of one trial, e.g. ``{"CPU": 1}``, ``{"CPU": 2,
+            "GPU": 1}`` (default ``{"CPU": 1}``). With ``uses_snowflake_trainer``: what the
+            trial's distributed estimator uses (default: the whole cluster, one trial at a time).
+        uses_snowflake_trainer: Trials run a distributed estimator or distributor themselves
+            (``XGBEstimator``, ``PyTorchDistributor`` ...): the trial reserves no CPU of its
+            own, so its job's workers can be placed.
+        scheduler: Early stopping: ``"asha"`` or a Ray Tune scheduler (``None``: none). Trials
+            must report once per round/epoch for it to act.
+        max_rounds: With ``"asha"``: the most reports (rounds/epochs) a trial makes.
+        name: The run's name under ``<storage>/tune/`` (default: a new one).
+        verbose: Show a progress line (trials done, best so far).
+
+    Raises:
+        ConfigError: For a bad mode, trial count or resources.
+    """
+
+    metric: str
+    mode: str
+    search_alg: SearchAlgorithm = field(default_factory=RandomSearch)
+    num_trials: int = 5
+    max_concurrent_trials: int | None = None
+    resource_per_trial: dict[str, float] | None = None
+    uses_snowflake_trainer: bool = False
+    scheduler: Any = None
+    max_rounds: int = 100
+    name: str | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(f"metric must be a metric name, got {self.metric!r}")
+        if isinstance(self.num_trials, bool) or not isinstance(self.num_trials, int):
+            raise ConfigError(f"num_trials must be a positive integer, got {self.num_trials!r}")
+        if self.num_trials < 1:
+            raise ConfigError(f"num_trials must be a positive integer, got {self.num_trials!r}")
+        if not isinstance(self.search_alg, SearchAlgorithm):
+            raise ConfigError(
+                "search_alg must be RandomSearch(), GridSearch() or BayesOpt(), got "
+                f"{type(self.search_alg).__name__}"
+            )
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError("max_concurrent_trials must be >= 1")
+        for key, value in (self.resource_per_trial or {}).items():
+            if key.upper() not in ("CPU", "GPU", "MEMORY") and not isinstance(value, (int, float)):
+                raise ConfigError(f"resource_per_trial[{key!r}] must be a number")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
+
+
+class TunerContext:
+    """What a trial's ``train_func`` asks for: its hyper-parameters, the datasets, and where
+    to report. Get it with :func:`get_tuner_context`."""
+
+    def __init__(self, hyper_params: dict[str, Any], dataset_map: dict[str, Any]) -> None:
+        self._hyper_params = hyper_params
+        self._dataset_map = dataset_map
+        self.reports = 0
+
+    def get_hyper_params(self) -> dict[str, Any]:
+        """This trial's hyper-parameters (Python types kept)."""
+        return dict(self._hyper_params)
+
+    def get_dataset_map(self) -> dict[str, Any]:
+        """The datasets given to ``Tuner.run`` (the same, staged once, for every trial)."""
+        return self._dataset_map
+
+    def report(self, metrics: dict[str, Any], model: Any = None) -> None:
+        """Report metrics (one round/epoch) and optionally the model (kept for the best trial:
+        ``TunerResults.best_model``; stored pickled, so load only your own results).
+
+        Raises:
+            ConfigError: If ``metrics`` is not a dict.
+        """
+        from ray import tune
+
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
+        self.reports += 1
+        if model is None:
+            tune.report(dict(metrics))
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, MODEL_FILE), "wb") as handle:
+                pickle.dump(model, handle)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+_context: TunerContext | None = None
+
+
+def get_tuner_context() -> TunerContext:
+    """The context of the trial this code runs in.
+
+    Raises:
+        NotInWorkerError: Outside a trial of ``Tuner.run``.
+    """
+    if _context is None:
+        raise NotInWorkerError("get_tuner_context() only works inside a Tuner's train_func")
+    return _context
+
+
+def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: Any) -> None:
+    """One trial, in its Tune worker: install the context, run ``train_func``, release any
+    warm worker group the trial's own jobs kept (the next trial needs those CPUs)."""
+    global _context
+    for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
+        logging.getLogger(name).setLevel(logging.WARNING)
+    dataset_map = datasets.get() if hasattr(datasets, "get") else datasets
+    _context = TunerContext(config, dataset_map or {})
+    try:
+        train_func()
+    finally:
+        _context = None
+        try:
+            from mlruntime.runtime.distributor import release_idle_groups
+
+            release_idle_groups()
+        except Exception:  # nothing to release when the trial ran no job
+            pass
+
+
+class _Shared:
+    """The staged datasets, put into the object store once and fetched by each trial."""
+
+    def __init__(self, dataset_map: dict[str, Any]) -> None:
+        import ray
+
+        self.ref = ray.put(dataset_map)
+
+    def get(self) -> Any:
+        import ray
+
+        return ray.get(self.ref)
+
+
+@dataclass
+class TunerResults:
+    """What a tuning run produced.
+
+    Attributes:
+        results: One row per trial: its last reported metrics, ``config/<param>`` columns,
+            ``trial_id``, ``status`` and ``training_iteration`` (reports made).
+        best_result: The best trial's row (a one-row DataFrame).
+        best_model: The model the best trial reported last (``None`` if it reported none).
+        path: Where the run is stored (``Tuner.restore(path, ...)``).
+    """
+
+    results: Any
+    best_result: Any
+    best_model: Any
+    path: str
+
+
+class Tuner:
+    """Tune ``train_func``'s hyper-parameters over ``search_space`` on the cluster.
+
+    Args:
+        train_func: A function of no arguments; it calls ``get_tuner_context()`` for its
+            hyper-parameters and datasets and reports with ``report(metrics, model=None)``.
+        search_space: Name -> sampling function (``uniform`` ...), list (a grid) or constant.
+        tuner_config: The metric, mode, search algorithm and limits.
+
+    Raises:
+        ConfigError: For a train_func that is not callable or cannot be sent to workers, or
+            a search space that is not a dict.
+    """
+
+    def __init__(
+        self,
+        train_func: Callable[[], Any],
+        search_space: dict[str, Any],
+        tuner_config: TunerConfig,
+    ) -> None:
+        if not callable(train_func):
+            raise ConfigError(f"train_func must be callable, got {type(train_func).__name__}")
+        if not isinstance(search_space, dict):
+            raise ConfigError(f"search_space must be a dict, got {type(search_space).__name__}")
+        if not isinstance(tuner_config, TunerConfig):
+            raise ConfigError(f"tuner_config must be a TunerConfig, got {type(tuner_config)}")
+        self.train_func = train_func
+        self.search_space = search_space
+        self.config = tuner_config
+        self._restore_path: str | None = None
+
+    @classmethod
+    def restore(
+        cls,
+        path: str,
+        train_func: Callable[[], Any],
+        search_space: dict[str, Any] | None = None,
+        tuner_config: TunerConfig | None = None,
+    ) -> Tuner:
+        """A tuner that finishes the run stored at ``path`` (``TunerResults.path``, printed
+        when a run starts): finished trials are kept, unfinished ones run again.
+
+        Raises:
+            ConfigError: If nothing restorable is stored at ``path``.
+        """
+        import json
+
+        from ray import tune
+
+        from mlruntime.store import storage
+
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"no tuning run to restore at {path!r}")
+        if tuner_config is None:
+            try:
+                saved = json.loads(storage.read_bytes(storage.join(path, SETTINGS_FILE)))
+            except FileNotFoundError as exc:
+                raise ConfigError(f"{path!r} was not written by mlruntime.tune") from exc
+            tuner_config = TunerConfig(
+                metric=saved["metric"], mode=saved["mode"], verbose=saved["verbose"]
+            )
+        tuner = cls(train_func, search_space or {}, tuner_config)
+        tuner._restore_path = path
+        return tuner
+
+    def run(self, dataset_map: dict[str, Any] | None = None) -> TunerResults:
+        """Run the trials and collect the results.
+
+        Args:
+            dataset_map: Name -> DataConnector, staged once and shared by every trial.
+
+        Returns:
+            The :class:`TunerResults`.
+
+        Raises:
+            ConfigError: For a train_func that cannot be sent to workers, or datasets that
+                are not DataConnectors.
+            ResourceError: If one trial's resources exceed every node (before any trial
+                starts).
+        """
+        import json
+
+        # Tune's own console tables and hints: ours is one progress line (verbose=True).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Save the run's state every second (Tune's default: every 10 s or more), so a
+        # driver killed mid-run loses at most the last second: Tuner.restore keeps every
+        # trial that finished before that.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        from ray import tune
+
+        from mlruntime.runtime.cluster import get_nodes, init
+        from mlruntime.runtime.distributor import _check_callable, _check_dataset_map
+        from mlruntime.runtime.staging import StagedInputs
+        from mlruntime.store import storage
+
+        _check_callable(self.train_func)
+        datasets = _check_dataset_map(dataset_map)
+        init()
+        nodes = get_nodes()
+        config = self.config
+        resources, concurrency = _plan_resources(config, nodes)
+        root = storage.join(storage.storage_uri(), "tune")
+        name = config.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        staging = storage.join(root, name, "inputs")
+        with StagedInputs(staging) as staged:
+            shared = _Shared(staged.stage_map(datasets))
+            trainable = tune.with_parameters(_trial, train_func=self.train_func, datasets=shared)
+            trainable = tune.with_resources(trainable, resources)
+            if self._restore_path is not None:
+                tuner = tune.Tuner.restore(self._restore_path, trainable=trainable)
+                path = self._restore_path
+            else:
+                tuner, path = self._new_tuner(trainable, root, name, concurrency)
+                settings = {"metric": config.metric, "mode": config.mode, "verbose": config.verbose}
+                storage.write_bytes(
+                    storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
+                )
+            if config.verbose:
+                print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
+            grid = tuner.fit()
+        return _results(grid, path, self.config)
+
+    def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
+        from ray import tune
+
+        config = self.config
+        alg = config.search_alg
+        space = to_tune_space(self.search_space, alg.lists)
+        grid = type(alg).__name__ == "GridSearch"
+        scheduler = config.scheduler
+        if scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", max_t=config.max_rounds, grace_period=1
+            )
+        elif isinstance(scheduler, str):
+            raise ConfigError(
+                f"scheduler must be 'asha' or a Ray Tune scheduler, got {scheduler!r}"
+            )
+        tune_config = tune.TuneConfig(
+            metric=config.metric,
+            mode=config.mode,
+            search_alg=alg.searcher(config.metric, config.mode, concurrency),
+            scheduler=scheduler,
+            num_samples=1 if grid else config.num_trials,
+            reuse_actors=True,
+        )
+        callbacks = [_ProgressLine(config.metric, config.mode)] if config.verbose else []
+        run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=callbacks)
+        tuner = tune.Tuner(
+            trainable, param_space=space, tune_config=tune_config, run_config=run_config
+        )
+        from mlruntime.store import storage
+
+        return tuner, storage.join(root, name)
+
+
+def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, float], int]:
+    """Each trial's own reservation and how many trials run at once.
+
+    Raises:
+        ResourceError: If one trial needs more than the largest node has.
+    """
+    asked = {k.upper(): float(v) for k, v in (config.resource_per_trial or {}).items()}
+    largest_cpu = max((n.num_cpus for n in nodes), default=0.0)
+    largest_gpu = max((n.num_gpus for n in nodes), default=0.0)
+    total_cpu = sum(n.num_cpus for n in nodes)
+    total_gpu = sum(n.num_gpus for n in nodes)
+    cpu = asked.get("CPU", total_cpu if config.uses_snowflake_trainer else 1.0)
+    gpu = asked.get("GPU", 0.0)
+    if not config.uses_snowflake_trainer and (cpu > largest_cpu or gpu > largest_gpu):
+        raise ResourceError(
+            f"a trial asks for {cpu:g} CPU(s) and {gpu:g} GPU(s), but the largest node has "
+            f"{largest_cpu:g} CPU(s) and {largest_gpu:g} GPU(s); lower resource_per_trial"
+        )
+    if config.uses_snowflake_trainer and (cpu > total_cpu or gpu > total_gpu):
+        raise ResourceError(
+            f"each trial's job needs {cpu:g} CPU(s) and {gpu:g} GPU(s), but the cluster has "
+            f"{total_cpu:g} CPU(s) and {total_gpu:g} GPU(s); lower resource_per_trial"
+        )
+    fits = [total_cpu // cpu] if cpu > 0 else []
+    if gpu > 0:
+        fits.append(total_gpu // gpu)
+    concurrency = int(max(1, min(fits))) if fits else max(1, int(total_cpu))
+    if config.max_concurrent_trials is not None:
+        concurrency = min(concurrency, config.max_concurrent_trials)
+    if config.uses_snowflake_trainer:
+        # The trial process only drives its job: it reserves nothing the job's workers need
+        # (Tune needs some reservation: one byte of memory).
+        return {"cpu": 0.0, "memory": 1.0}, concurrency
+    return {"cpu": cpu, "gpu": gpu}, concurrency
+
+
+def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
+    frame = grid.get_dataframe()
+    errors = [r.error for r in grid if r.error is not None]
+    if errors and len(errors) == len(grid):
+        raise errors[0]
+    best_model = None
+    best_row = frame.iloc[0:0]
+    metric = config.metric
+    if metric in frame.columns and frame[metric].notna().any():
+        index = frame[metric].idxmin() if config.mode == "min" else frame[metric].idxmax()
+        best_row = frame.loc[[index]]
+        best = grid.get_best_result(metric=metric, mode=config.mode, scope="last")
+        checkpoint = best.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                model_path = os.path.join(folder, MODEL_FILE)
+                if os.path.exists(model_path):
+                    with open(model_path, "rb") as handle:
+                        best_model = pickle.load(handle)
+    return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
+
+
+class _ProgressLine:
+    """A one-line, notebook-friendly view: trials done of started, best so far."""
+
+    def __new__(cls, metric: str, mode: str) -> Any:
+        from ray.tune import Callback
+
+        class ProgressLine(Callback):
+            def __init__(self) -> None:
+                self.done = 0
+                self.started = 0
+                self.best: float | None = None
+
+            def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+                self.started += 1
+
+            def on_trial_result(
+                self, iteration: int, trials: Any, trial: Any, result: dict[str, Any], **info: Any
+            ) -> None:
+                value = result.get(metric)
+                if isinstance(value, (int, float)):
+                    better = self.best is None or (
+                        value < self.best if mode == "min" else value > self.best
+                    )
+                    if better:
+                        self.best = float(value)
+
+            def on_trial_complete(
+                self, iteration: int, trials: Any, trial: Any, **info: Any
+            ) -> None:
+                self.done += 1
+                best = "n/a" if self.best is None else f"{self.best:.6g}"
+                print(
+                    f"tuning: {self.done} trial(s) done of {len(trials)}; best {metric} {best}",
+                    flush=True,
+                )
+
+        return ProgressLine()

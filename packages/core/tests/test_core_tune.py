@@ -1,0 +1,218 @@
+"""``mlruntime.tune`` on a real Ray Tune: grids, reproducible random search, BayesOpt over every
+sampling type, ASHA early stopping, data staged once, nested distributed estimators, fast
+failure for impossible resources, and restore after the driver is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mlruntime
+from mlruntime import DataConnector, tune
+from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
+from mlruntime.tune import get_tuner_context
+from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
+
+
+def quadratic() -> None:
+    ctx = get_tuner_context()
+    p = ctx.get_hyper_params()
+    rows = ctx.get_dataset_map()["data"].count_rows()
+    for step in range(3):
+        loss = (p["x"] - 2) ** 2 + p.get("y", 0) + step * 0.0
+        ctx.report({"loss": loss, "rows": rows}, model={"x": p["x"], "y": p.get("y")})
+
+
+def quiet(**kwargs: object) -> tune.TunerConfig:
+    return tune.TunerConfig(metric="loss", mode="min", verbose=False, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def data() -> DataConnector:
+    return DataConnector.from_dataframe(pd.DataFrame({"a": np.arange(50)}))
+
+
+def test_grid_is_the_full_product_and_the_best_model_comes_back(
+    ray_cluster: None, data: DataConnector
+) -> None:
+    space = {"x": [1, 2, 3], "y": [0, 10], "const": 7}
+    result = tune.Tuner(quadratic, space, quiet(search_alg=GridSearch())).run({"data": data})
+    frame = result.results
+    assert sorted(zip(frame["config/x"], frame["config/y"], strict=True)) == [
+        (x, y) for x in (1, 2, 3) for y in (0, 10)
+    ]
+    assert set(frame["config/const"]) == {7}
+    assert set(frame["rows"]) == {50} and set(frame["training_iteration"]) == {3}
+    assert result.best_result["config/x"].tolist() == [2]
+    assert result.best_model == {"x": 2, "y": 0}
+    assert result.path.startswith(mlruntime.runtime.cluster.__name__ and str(result.path))
+
+
+def test_random_search_is_reproducible_and_bayes_takes_every_sampling_type(
+    ray_cluster: None, data: DataConnector
+) -> None:
+    space = {"x": tune.uniform(0, 4), "y": tune.randint(0, 3)}
+
+    def configs(seed: int) -> list[tuple[float, int]]:
+        config = quiet(search_alg=RandomSearch(random_state=seed), num_trials=3)
+        frame = tune.Tuner(quadratic, space, config).run({"data": data}).results
+        return sorted(zip(frame["config/x"], frame["config/y"], strict=True))
+
+    first = configs(7)
+    assert first == configs(7) and first != configs(8)
+    assert all(0 <= x <= 4 and y in (0, 1, 2) for x, y in first)
+    bayes_space = {
+        "x": tune.loguniform(0.1, 4),
+        "y": tune.choice([0, 5]),
+        "z": tune.randint(1, 4),
+    }
+    config = quiet(search_alg=BayesOpt(random_state=0), num_trials=4)
+    frame = tune.Tuner(quadratic, bayes_space, config).run({"data": data}).results
+    assert len(frame) == 4
+    assert frame["config/x"].between(0.1, 4).all() and set(frame["config/y"]) <= {0, 5}
+    assert frame["config/z"].isin([1, 2, 3]).all()
+
+
+def rounds() -> None:
+    ctx = get_tuner_context()
+    bad = ctx.get_hyper_params()["bad"]
+    for step in range(1, 21):
+        ctx.report({"loss": bad * 10 + 1.0 / step})
+
+
+def test_asha_stops_bad_trials_early(ray_cluster: None) -> None:
+    config = quiet(search_alg=GridSearch(), scheduler="asha", max_rounds=20)
+    frame = tune.Tuner(rounds, {"bad": [0, 1, 2, 3, 4, 5]}, config).run().results
+    reported = dict(zip(frame["config/bad"], frame["training_iteration"], strict=True))
+    assert reported[0] == 20  # the best trial runs to the end
+    assert min(reported.values()) < 20 and sum(reported.values()) < 6 * 20
+
+
+def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnector) -> None:
+    too_big = quiet(resource_per_trial={"CPU": 64})
+    with pytest.raises(ResourceError, match="largest node"):
+        tune.Tuner(quadratic, {"x": 1}, too_big).run({"data": data})
+    with pytest.raises(ConfigError, match="mode"):
+        tune.TunerConfig(metric="loss", mode="lowest")
+    with pytest.raises(ConfigError, match="dataset_map"):
+        tune.Tuner(quadratic, {"x": 1}, quiet()).run({"data": [1, 2]})
+    with pytest.raises(ConfigError, match="randint"):
+        tune.randint(3, 3)
+    with pytest.raises(NotInWorkerError):
+        get_tuner_context()
+
+
+def nested_xgboost() -> None:
+    from mlruntime_xgboost import XGBEstimator, XGBScalingConfig
+
+    ctx = get_tuner_context()
+    depth = ctx.get_hyper_params()["max_depth"]
+    est = XGBEstimator(
+        n_estimators=5,
+        params={"max_depth": depth},
+        scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1),
+        verbose=False,
+    )
+    est.fit(ctx.get_dataset_map()["train"], ["x0", "x1"], "y")
+    rmse = est.get_eval_results()["train"]["rmse"][-1]
+    ctx.report({"rmse": rmse, "workers": len(est.last_result.return_values)})
+
+
+def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Path) -> None:
+    pytest.importorskip("mlruntime_xgboost")
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 2))
+    session = mlruntime.Session(tmp_path / "w.duckdb")
+    session.create_table("t", {"x0": x[:, 0], "x1": x[:, 1], "y": x[:, 0] * 3 + x[:, 1]})
+    config = tune.TunerConfig(
+        metric="rmse",
+        mode="min",
+        search_alg=GridSearch(),
+        uses_snowflake_trainer=True,
+        resource_per_trial={"CPU": 2},
+        verbose=False,
+    )
+    train = DataConnector.from_dataframe(session.table("t"))  # a DuckDB table: staged once
+    result = tune.Tuner(nested_xgboost, {"max_depth": [2, 4]}, config).run({"train": train})
+    frame = result.results
+    assert sorted(frame["config/max_depth"]) == [2, 4] and set(frame["workers"]) == {2}
+    assert (frame["rmse"] < 1.0).all()
+    session.close()
+
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys, time
+    import mlruntime
+    from mlruntime import tune
+    from mlruntime.tune import get_tuner_context
+    from mlruntime.tune.search import GridSearch
+
+    marks = sys.argv[2]
+
+    def slow():
+        ctx = get_tuner_context()
+        x = ctx.get_hyper_params()["x"]
+        open(os.path.join(marks, f"start-{x}-{os.getpid()}-{time.time()}"), "w").close()
+        time.sleep(1.5)
+        ctx.report({"loss": float(x)})
+
+    config = tune.TunerConfig(metric="loss", mode="min", search_alg=GridSearch(),
+                              max_concurrent_trials=1, name="restorable", verbose=False)
+    if sys.argv[1] == "start":
+        tune.Tuner(slow, {"x": list(range(6))}, config).run()
+    else:
+        path = os.path.join(os.environ["MLRUNTIME_HOME"], "tune", "restorable")
+        result = tune.Tuner.restore(path, slow).run()
+        print("RESULT", sorted(result.results["config/x"]), result.best_result["config/x"].tolist())
+    """
+)
+
+
+def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        "MLRUNTIME_HOME": str(tmp_path / "home"),
+    }
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), "start", str(marks)], env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.2)  # the run's state is saved every second; the third trial still runs
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once
+    driver.wait()
+    started_before = {p.name.split("-")[1] for p in marks.iterdir()}
+    assert 2 <= len(started_before) < 6
+    done = subprocess.run(
+        [sys.executable, str(script), "restore", str(marks)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    assert done.returncode == 0 and line, done.stdout[-3000:] + done.stderr[-3000:]
+    assert line[-1] == "RESULT [0, 1, 2, 3, 4, 5] [0]"
+    starts: dict[str, int] = {}
+    for p in marks.iterdir():
+        x = p.name.split("-")[1]
+        starts[x] = starts.get(x, 0) + 1
+    # trials that finished before the kill were not run again: at most the one running at the
+    # kill ran twice
+    assert sum(starts.values()) <= 7 and set(starts) == {str(x) for x in range(6)}
