@@ -110,3 +110,14 @@ def test_dataset_guide(tmp_path: Path) -> None:
     assert "DatasetVersion(dataset='my_dataset', version='version1')" in lines
     assert "['version1', 'version2']" in lines
     assert lines.count("version1") == 2 and lines.count("version2") == 2
+
+
+@pytest.mark.timeout(600)
+def test_hpo_example(tmp_path: Path) -> None:
+    out = run_port("hpo_example", "", tmp_path)
+    # the progress lines of the three runs: 3 Bayes trials, 3 random, the 2 x 2 x 2 grid
+    done = [ln for ln in out.splitlines() if ln.startswith("tuning:") and "done of" in ln]
+    assert any("3 trial(s) done of 3" in ln for ln in done)
+    assert any("8 trial(s) done of 8" in ln for ln in done)
+    best = [float(ln.rsplit(" ", 1)[1]) for ln in done if "best accuracy" in ln]
+    assert max(best) > 0.9  # xgboost on digits
