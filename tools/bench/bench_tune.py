@@ -1,0 +1,168 @@
+"""Benchmark: tuning overhead of ``mlruntime.tune`` against raw Ray Tune and Optuna.
+
+20 trials of a small XGBoost model (20,000 x 10 rows, 30 rounds, one thread each), the same
+trial body and search space everywhere, 2 trials at a time, Ray already up:
+
+- ours: ``mlruntime.tune.Tuner(..., TunerConfig(num_trials=20, max_concurrent_trials=2))``
+  with the data in ``dataset_map`` (staged once);
+- raw Ray Tune, defaults: ``ray.tune.Tuner(tune.with_resources(tune.with_parameters(...),
+  {"cpu": 1}), tune_config=TuneConfig(num_samples=20, max_concurrent_trials=2))``;
+- raw Ray Tune with ``reuse_actors=True``;
+- Optuna in one process: ``study.optimize(objective, n_trials=20, n_jobs=2)`` (threads;
+  xgboost releases the GIL).
+
+Each trial measures its own compute (DMatrix + 30 rounds). Overhead per trial =
+(wall - sum of trial compute / 2) / 20. Targets (issue: tuning): ours <= 0.2 s per trial and
+wall <= 1.5x Optuna's. Nothing is asserted.
+
+Run: ``.venv/bin/python tools/bench/bench_tune.py [--trials N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+ROWS, FEATURES, ROUNDS, CONCURRENCY = 20_000, 10, 30, 2
+
+
+def make_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.random((ROWS, FEATURES), dtype=np.float32)
+    y = x @ rng.random(FEATURES, dtype=np.float32) + rng.normal(0, 0.1, ROWS).astype(np.float32)
+    return x, y
+
+
+def fit(x: np.ndarray, y: np.ndarray, eta: float, depth: int) -> tuple[float, float]:
+    """The trial body: (rmse, seconds of compute)."""
+    import xgboost as xgb
+
+    start = time.perf_counter()
+    data = xgb.DMatrix(x, label=y, nthread=1)
+    history: dict[str, Any] = {}
+    xgb.train(
+        {"eta": eta, "max_depth": depth, "nthread": 1, "objective": "reg:squarederror"},
+        data,
+        ROUNDS,
+        evals=[(data, "train")],
+        evals_result=history,
+        verbose_eval=False,
+    )
+    return float(history["train"]["rmse"][-1]), time.perf_counter() - start
+
+
+def ours(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    import pandas as pd
+
+    from mlruntime import DataConnector, tune
+    from mlruntime.tune import get_tuner_context
+    from mlruntime.tune.search import RandomSearch
+
+    def train() -> None:
+        ctx = get_tuner_context()
+        p = ctx.get_hyper_params()
+        frame = ctx.get_dataset_map()["train"].to_pandas()
+        values = frame.to_numpy(dtype=np.float32)
+        rmse, seconds = fit(values[:, :-1], values[:, -1], p["eta"], p["depth"])
+        ctx.report({"rmse": rmse, "compute": seconds})
+
+    columns = {f"f{j}": x[:, j] for j in range(FEATURES)} | {"y": y}
+    data = DataConnector.from_dataframe(pd.DataFrame(columns))
+    space = {"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)}
+    config = tune.TunerConfig(
+        metric="rmse",
+        mode="min",
+        search_alg=RandomSearch(random_state=0),
+        num_trials=trials,
+        max_concurrent_trials=CONCURRENCY,
+        verbose=False,
+    )
+    start = time.perf_counter()
+    result = tune.Tuner(train, space, config).run({"train": data})
+    return time.perf_counter() - start, float(result.results["compute"].sum())
+
+
+def raw_ray_tune(trials: int, x: np.ndarray, y: np.ndarray, reuse: bool) -> tuple[float, float]:
+    from ray import tune
+
+    def train(config: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
+        rmse, seconds = fit(x, y, config["eta"], config["depth"])
+        tune.report({"rmse": rmse, "compute": seconds})
+
+    trainable = tune.with_resources(tune.with_parameters(train, x=x, y=y), {"cpu": 1})
+    with tempfile.TemporaryDirectory() as folder:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)},
+            tune_config=tune.TuneConfig(
+                metric="rmse",
+                mode="min",
+                num_samples=trials,
+                max_concurrent_trials=CONCURRENCY,
+                reuse_actors=reuse,
+            ),
+            run_config=tune.RunConfig(storage_path=folder, verbose=0),
+        )
+        start = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - start
+    return wall, float(grid.get_dataframe()["compute"].sum())
+
+
+def optuna_one_process(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    computes: list[float] = []
+
+    def objective(trial: Any) -> float:
+        eta = trial.suggest_float("eta", 0.01, 0.3, log=True)
+        depth = trial.suggest_int("depth", 2, 6)
+        rmse, seconds = fit(x, y, eta, depth)
+        computes.append(seconds)
+        return rmse
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(0))
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=CONCURRENCY)
+    return time.perf_counter() - start, float(sum(computes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    args = parser.parse_args()
+    os.environ.setdefault("MLRUNTIME_QUIET", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import mlruntime
+
+    mlruntime.init()  # Ray up before any timing
+    x, y = make_data()
+    fit(x, y, 0.1, 3)  # import xgboost and warm its code paths once
+    runs = {
+        "optuna, one process (n_jobs=2)": optuna_one_process(args.trials, x, y),
+        "raw Ray Tune, defaults": raw_ray_tune(args.trials, x, y, reuse=False),
+        "raw Ray Tune, reuse_actors=True": raw_ray_tune(args.trials, x, y, reuse=True),
+        "ours: mlruntime.tune": ours(args.trials, x, y),
+    }
+    base = runs["optuna, one process (n_jobs=2)"][0]
+    print(
+        f"{args.trials} trials of XGBoost ({ROWS:,} x {FEATURES}, {ROUNDS} rounds, 1 thread), "
+        f"{CONCURRENCY} at a time"
+    )
+    for label, (wall, compute) in runs.items():
+        overhead = (wall - compute / CONCURRENCY) / args.trials
+        print(
+            f"  {label:34s} wall {wall:6.2f} s ({wall / base:4.2f}x optuna)  "
+            f"overhead {overhead:5.3f} s per trial"
+        )
+    print("  targets: ours <= 0.2 s per trial, wall <= 1.5x optuna")
+
+
+if __name__ == "__main__":
+    main()
