@@ -63,7 +63,7 @@ def test_session_first_signatures_and_dataset_read() -> None:
     )
     assert "label_cols=['y']" in created.manifest["origin"]
     ds = mlruntime.load_dataset(session, name, "v1")
-    assert ds.selected_version is ds
+    assert ds.selected_version.name == "v1" and ds.selected_version.label_cols == ["y"]
     files = ds.read.files()
     assert files == ds.files and len(files) == 1
     assert ds.read.to_pandas()["x"].tolist() == list(range(10))
