@@ -10,15 +10,11 @@ port's globals (``runpy.run_path`` returns them), which the test asserts on.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-PORTS = Path(__file__).parent
 ROWS = 2000
 
 TABLES = f"""
@@ -52,41 +48,9 @@ print("PORT-FACTS " + json.dumps(facts))
 """
 
 
-def run_port(name: str, setup: str, after: str, tmp_path: Path) -> str:
-    """Run ``tests/ports/<name>.py`` after ``setup`` in a fresh process, then ``after`` (with
-    the port's globals as ``globals_``); return the process's output."""
-    script = tmp_path / "run_port.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import runpy
-            import mlruntime
-            session = mlruntime.get_active_session()
-            {textwrap.indent(textwrap.dedent(setup), "            ").strip()}
-            globals_ = runpy.run_path({str(PORTS / (name + ".py"))!r}, run_name="__main__")
-            print("PORT-OK")
-            {textwrap.indent(textwrap.dedent(after), "            ").strip()}
-            """
-        )
-    )
-    env = {**os.environ, "MLRUNTIME_HOME": str(tmp_path / "home"), "MLRUNTIME_QUIET": "1"}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0 and "PORT-OK" in done.stdout, (
-        done.stdout[-4000:] + done.stderr[-6000:]
-    )
-    return done.stdout
-
-
 @pytest.mark.timeout(600)
-def test_load_data_guide(tmp_path: Path) -> None:
-    out = run_port("data_connector_guide", TABLES, FACTS, tmp_path)
+def test_load_data_guide(tmp_path: Path, run_port: Callable[..., str]) -> None:
+    out = run_port("data_connector_guide", TABLES, tmp_path, after=FACTS)
 
     # the TensorFlow block printed every batch: dicts of (4,) tensors, the last partial one
     # dropped (2000 rows / 4 = 500 batches)

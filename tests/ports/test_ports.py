@@ -11,15 +11,10 @@ schema ``PUBLIC`` stands for Snowflake's database and schema).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-PORTS = Path(__file__).parent
 
 VEHICLE = """
 session.sql("ATTACH ':memory:' AS CR_QUICKSTART")
@@ -44,36 +39,6 @@ session.sql("UPDATE MULTINODE_SAMPLE_TRAIN_DS SET TARGET = FT_1 + FT_2")
 """
 
 
-def run_port(name: str, setup: str, tmp_path: Path) -> str:
-    """Run ``tests/ports/<name>.py`` after ``setup`` in a fresh process; return its output."""
-    script = tmp_path / "run_port.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import runpy
-            import mlruntime
-            session = mlruntime.get_active_session()
-            {textwrap.indent(textwrap.dedent(setup), "            ").strip()}
-            runpy.run_path({str(PORTS / (name + ".py"))!r}, run_name="__main__")
-            print("PORT-OK")
-            """
-        )
-    )
-    env = {**os.environ, "MLRUNTIME_HOME": str(tmp_path / "home"), "MLRUNTIME_QUIET": "1"}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0 and "PORT-OK" in done.stdout, (
-        done.stdout[-4000:] + done.stderr[-6000:]
-    )
-    return done.stdout
-
-
 def predictions(output: str, prefix: str) -> list[float]:
     """The numbers of the numpy array printed after ``prefix`` (it may wrap over lines)."""
     text = output[output.index(prefix) + len(prefix) :]
@@ -81,13 +46,15 @@ def predictions(output: str, prefix: str) -> list[float]:
 
 
 @pytest.mark.timeout(600)
-def test_multinode_xgboost_with_ray_data_ingester(tmp_path: Path) -> None:
+def test_multinode_xgboost_with_ray_data_ingester(
+    tmp_path: Path, run_port: Callable[..., str]
+) -> None:
     run_port("xgboost_multinode_ray_ingester", MULTINODE, tmp_path)
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", ["xgboost_on_gpu", "lightgbm_on_gpu"])
-def test_gbdt_on_gpu_quickstarts(tmp_path: Path, name: str) -> None:
+def test_gbdt_on_gpu_quickstarts(tmp_path: Path, run_port: Callable[..., str], name: str) -> None:
     out = run_port(name, VEHICLE, tmp_path)
     assert "Training set size: 5400 rows" in out
     ours = predictions(out, "Snowflake Container Runtime predictions:")
@@ -98,13 +65,13 @@ def test_gbdt_on_gpu_quickstarts(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_pytorch_on_gpu_quickstart(tmp_path: Path) -> None:
+def test_pytorch_on_gpu_quickstart(tmp_path: Path, run_port: Callable[..., str]) -> None:
     out = run_port("pytorch_on_gpu", VEHICLE, tmp_path)
     assert "Epoch [10/10]" in out and "Training finished" in out
 
 
 @pytest.mark.timeout(600)
-def test_dataset_guide(tmp_path: Path) -> None:
+def test_dataset_guide(tmp_path: Path, run_port: Callable[..., str]) -> None:
     out = run_port("dataset_guide", "", tmp_path)
     lines = out.splitlines()
     assert "DatasetVersion(dataset='my_dataset', version='version1')" in lines
@@ -113,7 +80,7 @@ def test_dataset_guide(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_hpo_example(tmp_path: Path) -> None:
+def test_hpo_example(tmp_path: Path, run_port: Callable[..., str]) -> None:
     out = run_port("hpo_example", "", tmp_path)
     # the progress lines of the three runs: 3 Bayes trials, 3 random, the 2 x 2 x 2 grid
     done = [ln for ln in out.splitlines() if ln.startswith("tuning:") and "done of" in ln]
