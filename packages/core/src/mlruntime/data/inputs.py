@@ -18,7 +18,7 @@ from mlruntime.data.sources import (
 )
 from mlruntime.errors import ConfigError, SourceError
 
-__all__ = ["DuckDBSource", "relation_of", "source_from_object", "source_from_path"]
+__all__ = ["DuckDBSource", "quote_column", "relation_of", "source_from_object", "source_from_path"]
 
 
 def relation_of(obj: Any) -> Any:
@@ -93,6 +93,11 @@ class DuckDBSource(Source):
             "connection stays in this one. Jobs stage it for their workers by themselves; to "
             "send it elsewhere, read it first (relation.to_arrow_table())"
         )
+
+
+def quote_column(name: str) -> str:
+    """A column name quoted for DuckDB SQL."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _relation_label(relation: Any) -> str:

@@ -8,7 +8,6 @@ block) that read themselves as Arrow record batches in whatever process they are
 from __future__ import annotations
 
 import glob as _glob
-import io
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -33,7 +32,9 @@ __all__ = [
     "ParquetSource",
     "Source",
     "check_same_schema",
+    "from_ipc",
     "resolve_filesystem",
+    "to_ipc",
 ]
 
 DEFAULT_ROWS_PER_FRAGMENT = 131_072
@@ -517,14 +518,28 @@ class ArrowFragment(Fragment):
         return ArrowFragment(self.table.slice(start, stop - start), self.label)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, self.table.schema) as writer:
-            writer.write_table(self.table)
-        return (_arrow_fragment_from_ipc, (sink.getvalue(), self.label))
+        return (_arrow_fragment_from_ipc, (to_ipc(self.table), self.label))
 
 
-def _arrow_fragment_from_ipc(data: bytes, label: str) -> ArrowFragment:
-    return ArrowFragment(pa.ipc.open_stream(pa.py_buffer(data)).read_all(), label)
+def _arrow_fragment_from_ipc(data: Any, label: str) -> ArrowFragment:
+    return ArrowFragment(from_ipc(data), label)
+
+
+def to_ipc(rows: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    """The rows as one Arrow IPC stream: only these rows (a slice pickled or put as is would
+    carry its parent's whole buffers)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        if isinstance(rows, pa.RecordBatch):
+            writer.write_batch(rows)
+        else:
+            writer.write_table(rows)
+    return sink.getvalue()
+
+
+def from_ipc(data: Any) -> pa.Table:
+    """The table in an Arrow IPC stream (bytes or a buffer; zero-copy over a buffer)."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 class ArrowSource(Source):

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from mlruntime.data.connector import DataConnector
 from mlruntime.data.ingest import DataIngestor
-from mlruntime.data.inputs import DuckDBSource
+from mlruntime.data.inputs import DuckDBSource, quote_column
 from mlruntime.data.sources import Fragment, ParquetSource, Source
 from mlruntime.errors import SourceError
 
@@ -137,9 +137,7 @@ def to_ray_dataset(connector: DataConnector) -> Any:
         # Stream the query into the object store batch by batch (the driver never holds it).
         relation = sources[0].relation
         if connector._columns is not None:
-            relation = relation.select(
-                *['"' + c.replace('"', '""') + '"' for c in connector.columns]
-            )
+            relation = relation.select(*[quote_column(c) for c in connector.columns])
         refs = [ray.put(pa.Table.from_batches([b])) for b in relation.to_arrow_reader(65_536)]
         if refs:
             return ray.data.from_arrow_refs(refs)  # type: ignore[arg-type]

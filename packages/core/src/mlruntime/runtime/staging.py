@@ -30,13 +30,15 @@ from typing import Any
 import pyarrow as pa
 
 from mlruntime.data.connector import DataConnector, ShardedDataConnector
-from mlruntime.data.inputs import DuckDBSource
+from mlruntime.data.inputs import DuckDBSource, quote_column
 from mlruntime.data.sources import (
     DEFAULT_ROWS_PER_FRAGMENT,
     ArrowSource,
     Fragment,
     ParquetSource,
     Source,
+    from_ipc,
+    to_ipc,
 )
 from mlruntime.errors import ConfigError, SourceError
 from mlruntime.store import storage
@@ -78,7 +80,7 @@ class ObjectFragment(Fragment):
         elif isinstance(value, pa.Table):
             table = value
         else:  # an IPC stream
-            table = pa.ipc.open_stream(value).read_all()
+            table = from_ipc(value)
         return table if columns is None else table.select(list(columns))
 
     def describe(self) -> str:
@@ -105,17 +107,6 @@ class ObjectSource(Source):
         return f"{self._label} ({rows} rows, staged in the object store)"
 
 
-def _ipc(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    """The rows as one Arrow IPC stream (only these rows: a slice's parents stay behind)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        if isinstance(table, pa.RecordBatch):
-            writer.write_batch(table)
-        else:
-            writer.write_table(table)
-    return sink.getvalue()
-
-
 class StagedInputs:
     """The staging of one job: replaces driver-held sources in its ``dataset_map`` and removes
     what it wrote when the job ends.
@@ -136,7 +127,6 @@ class StagedInputs:
         self.mode = mode
         self.refs: list[Any] = []
         self.wrote = False
-        self.staged_bytes = 0
         self.object_bytes = 0
         self._budget: float | None = None
 
@@ -202,7 +192,7 @@ class StagedInputs:
 
         relation = source.relation
         if columns is not None:
-            relation = relation.select(*[_quote(c) for c in columns])
+            relation = relation.select(*[quote_column(c) for c in columns])
         try:
             reader = relation.to_arrow_reader(DUCKDB_BATCH_ROWS)
         except duckdb.Error as exc:
@@ -245,10 +235,9 @@ class StagedInputs:
             if stop and over and self.mode != "objects" and isinstance(parts, _Stream):
                 parts.push_back(part)
                 break
-            ref = ray.put(_ipc(part) if ipc else part)
+            ref = ray.put(to_ipc(part) if ipc else part)
             self.refs.append(ref)
             self.object_bytes += part.nbytes
-            self.staged_bytes += part.nbytes
             fragments.append(ObjectFragment(ref, part.num_rows, label))
         return ObjectSource(schema, fragments, label)
 
@@ -287,7 +276,6 @@ class StagedInputs:
                 table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
                 writer.write_table(table, row_group_size=DEFAULT_ROWS_PER_FRAGMENT)
                 rows_in_file += part.num_rows
-                self.staged_bytes += part.nbytes
         finally:
             if writer is not None:
                 writer.close()
@@ -360,10 +348,6 @@ class _Stream:
         except StopIteration:
             return True
         return False
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _uri(folder: str, path: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 import duckdb
 import pyarrow as pa
 
+from mlruntime.data.inputs import quote_column
 from mlruntime.errors import ColumnError, ConfigError, DatasetExistsError, QueryError
 from mlruntime.store.row import Row
 
@@ -43,11 +44,6 @@ class Warehouse(Protocol):
 
     def create_table(self, name: str, data: Any, *, mode: str = "error") -> Any:
         """Write ``data`` into table ``name``."""
-
-
-def quote_column(name: str) -> str:
-    """Quote a column name for DuckDB SQL."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _names(cols: tuple[Any, ...], what: str) -> list[str]:
