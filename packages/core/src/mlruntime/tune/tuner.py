@@ -97,8 +97,6 @@ class TunerConfig:
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ConfigError("max_concurrent_trials must be >= 1")
         for key, value in (self.resource_per_trial or {}).items():
-            if key.upper() not in ("CPU", "GPU", "MEMORY") and not isinstance(value, (int, float)):
-                raise ConfigError(f"resource_per_trial[{key!r}] must be a number")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
 
@@ -155,14 +153,13 @@ def get_tuner_context() -> TunerContext:
     return _context
 
 
-def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: Any) -> None:
+def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: dict[str, Any]) -> None:
     """One trial, in its Tune worker: install the context, run ``train_func``, release any
     warm worker group the trial's own jobs kept (the next trial needs those CPUs)."""
     global _context
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
         logging.getLogger(name).setLevel(logging.WARNING)
-    dataset_map = datasets.get() if hasattr(datasets, "get") else datasets
-    _context = TunerContext(config, dataset_map or {})
+    _context = TunerContext(config, datasets)
     try:
         train_func()
     finally:
@@ -173,20 +170,6 @@ def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: Any)
             release_idle_groups()
         except Exception:  # nothing to release when the trial ran no job
             pass
-
-
-class _Shared:
-    """The staged datasets, put into the object store once and fetched by each trial."""
-
-    def __init__(self, dataset_map: dict[str, Any]) -> None:
-        import ray
-
-        self.ref = ray.put(dataset_map)
-
-    def get(self) -> Any:
-        import ray
-
-        return ray.get(self.ref)
 
 
 @dataclass
@@ -312,8 +295,11 @@ class Tuner:
         name = config.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         staging = storage.join(root, name, "inputs")
         with StagedInputs(staging) as staged:
-            shared = _Shared(staged.stage_map(datasets))
-            trainable = tune.with_parameters(_trial, train_func=self.train_func, datasets=shared)
+            # with_parameters puts the staged map into the object store once; every trial
+            # fetches it from there.
+            trainable = tune.with_parameters(
+                _trial, train_func=self.train_func, datasets=staged.stage_map(datasets)
+            )
             trainable = tune.with_resources(trainable, resources)
             if self._restore_path is not None:
                 tuner = tune.Tuner.restore(self._restore_path, trainable=trainable)
