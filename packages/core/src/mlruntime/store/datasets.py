@@ -459,8 +459,6 @@ def create_from_dataframe(*args: Any, origin: str | None = None, **kwargs: Any) 
         ConfigError: For an invalid name or version.
         DatasetExistsError: If the version exists (or another writer created it first).
     """
-    from mlruntime.data.connector import DataConnector
-
     args = _without_session(args)
     names = ("name", "version", "input_dataframe")
     values = dict(zip(names, args, strict=False))
