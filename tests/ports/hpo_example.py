@@ -4,9 +4,6 @@ Source: Snowflake-Labs/sf-samples, samples/ml/container_runtime_hpo/hpo_example.
 cells). Differences from the original:
 - imports (``snowflake.ml.modeling.tune`` -> ``mlruntime.tune``, the data connector and the
   session -> ``mlruntime``);
-- the label column is ``'target'``, not ``'"target"'``: Snowflake's runtime names columns that
-  ``session.create_dataframe`` made from lower-case pandas names with their quotes; mlruntime
-  keeps the plain name (see docs/porting.md);
 - ``scale_cluster(2)`` (Snowflake's notebook-cluster scaling) is left out: start nodes with
   ``ray start`` instead.
 """
@@ -44,10 +41,10 @@ def train_func():
     dm = tuner_context.get_dataset_map()
     train_df = dm["train"].to_pandas()
     test_df = dm["test"].to_pandas()
-    train_labels = train_df['target']
-    train_features = train_df.drop(columns=['target'])
-    test_labels = test_df['target']
-    test_features = test_df.drop(columns=['target'])
+    train_labels = train_df['"target"']
+    train_features = train_df.drop(columns=['"target"'])
+    test_labels = test_df['"target"']
+    test_features = test_df.drop(columns=['"target"'])
     model = xgb.XGBClassifier(
         **{k: int(v) if k != "learning_rate" else v for k, v in config.items()},
         random_state=42,

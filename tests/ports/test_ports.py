@@ -11,6 +11,10 @@ schema ``PUBLIC`` stands for Snowflake's database and schema).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,7 +84,11 @@ def test_dataset_guide(tmp_path: Path, run_port: Callable[..., str]) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_hpo_example(tmp_path: Path, run_port: Callable[..., str]) -> None:
+def test_hpo_example(
+    tmp_path: Path, run_port: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the sample indexes the columns create_dataframe made from pandas as '"target"'
+    monkeypatch.setenv("MLRUNTIME_SNOWFLAKE_IDENTIFIERS", "1")
     out = run_port("hpo_example", "", tmp_path)
     # the progress lines of the three runs: 3 Bayes trials, 3 random, the 2 x 2 x 2 grid
     done = [ln for ln in out.splitlines() if ln.startswith("tuning:") and "done of" in ln]
@@ -88,3 +96,60 @@ def test_hpo_example(tmp_path: Path, run_port: Callable[..., str]) -> None:
     assert any("8 trial(s) done of 8" in ln for ln in done)
     best = [float(ln.rsplit(" ", 1)[1]) for ln in done if "best accuracy" in ln]
     assert max(best) > 0.9  # xgboost on digits
+
+
+# The guide's MNIST_60K table: base64-encoded 28 x 28 grey PNGs and their digit. Each image is
+# its label's pattern (a bar whose position is the digit) plus noise, so the net can learn it.
+MNIST = """
+import base64, io
+import numpy as np
+import pandas as pd
+from PIL import Image
+rng = np.random.default_rng(0)
+images, labels = [], []
+for i in range(640):
+    label = i % 10
+    pixels = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+    pixels[2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    images.append(base64.b64encode(buffer.getvalue()).decode())
+    labels.append(label)
+session.write_pandas(
+    pd.DataFrame({"IMAGE": images, "LABEL": labels}), "MNIST_60K", auto_create_table=True
+)
+from mlruntime.testing import simulated_cluster
+two_nodes = simulated_cluster([(1, 0), (1, 0)])  # kept open while the port runs
+cluster = two_nodes.__enter__()
+"""
+
+
+def _torchvision_importable() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(600)
+def test_pytorch_multinode_guide(
+    tmp_path: Path, run_port: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not _torchvision_importable():
+        # the driver and every Ray worker it starts inherit this path (see _stand_ins/)
+        stand_ins = str(Path(__file__).parent / "_stand_ins")
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [stand_ins, os.environ.get("PYTHONPATH")]))
+        )
+    out = run_port(
+        "pytorch_multinode_guide",
+        MNIST,
+        tmp_path,
+        after=(
+            "import json; print('METRICS', json.dumps(globals_['results'].get_metrics()))\n"
+            "two_nodes.__exit__(None, None, None)"
+        ),
+    )
+    # two workers on two nodes, each trained on its shard and tested on the whole test set
+    assert "world_size: 2" in out
+    metrics = json.loads(out.split("METRICS ", 1)[1].splitlines()[0])
+    assert "train_func_train_time" in metrics and metrics["test_images"] > 0
+    assert metrics["test_accuracy"] > 0.5

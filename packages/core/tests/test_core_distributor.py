@@ -241,13 +241,14 @@ def log_metrics_as_in_snowflake() -> None:
         reporter.log_metrics({"step": 1}, step=3)
 
 
-def test_metrics_reporter_reports_like_report(ray_cluster: None, tmp_path: Path) -> None:
+def test_metrics_reporter_accumulates_what_it_logs(ray_cluster: None, tmp_path: Path) -> None:
     # artifact_stage_location is Snowflake's name for artifact_location.
     result = quiet().run(log_metrics_as_in_snowflake, artifact_stage_location=tmp_path)
-    assert result.get_metrics() == {"loss": 0.25, "step": 2}
+    # calls accumulate: a name logged once stays in the result, later values win
+    assert result.get_metrics() == {"loss": 0.25, "test_accuracy": [0.5, 0.75], "step": 2}
     assert result.get_metrics_history() == [
         {"loss": 0.5, "test_accuracy": [0.5, 0.75]},
-        {"loss": 0.25, "step": 2},
+        {"loss": 0.25, "test_accuracy": [0.5, 0.75], "step": 2},
     ]
     assert result.get_model_dir() == str(tmp_path / "model")
     with pytest.raises(ConfigError, match="artifact_stage_location is Snowflake's name for it"):

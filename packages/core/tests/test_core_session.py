@@ -73,3 +73,17 @@ def test_unknown_table_and_bad_sql(tmp_path: Path) -> None:
         with pytest.raises(QueryError, match="empty"):
             DataConnector.from_sql("   ", session=session)
     assert os.path.exists(tmp_path / "w.duckdb")
+
+
+def test_snowflake_identifiers_quote_names_snowflake_keeps_case_sensitive(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"target": [1, 2], "C1": [3, 4], "Mixed Case": [5, 6]})
+    quoted = Session(tmp_path / "q.duckdb", snowflake_identifiers=True)
+    df = quoted.create_dataframe(frame)
+    assert df.columns == ['"target"', "C1", '"Mixed Case"']
+    written = quoted.write_pandas(frame, "T", auto_create_table=True)
+    assert written.columns == ['"target"', "C1", '"Mixed Case"']
+    pandas_out = DataConnector.from_dataframe(written).to_pandas()
+    assert pandas_out['"target"'].tolist() == [1, 2]
+    # off by default: names as given
+    plain = Session(tmp_path / "p.duckdb")
+    assert plain.create_dataframe(frame).columns == ["target", "C1", "Mixed Case"]

@@ -146,7 +146,7 @@ def test_snowflake_sample_train_funcs_run_unchanged(ray_cluster: None, tmp_path:
     assert "backend='nccl' needs a CUDA GPU, which this worker does not have" in nccl
     assert "rank=0" in rank
     assert all(r["initialized_after_destroy"] for r in ranks)  # harmless; torn down after
-    assert result.get_metrics() == {"loss": 0.25, "sum": 3.0}
+    assert result.get_metrics() == {"loss": 0.25, "test_accuracy": [0.5, 0.75], "sum": 3.0}
     assert result.get_metrics_history()[0] == {"loss": 0.5, "test_accuracy": [0.5, 0.75]}
     assert result.get_model_dir() == str(tmp_path / "model")  # Snowflake's argument name
     # The next job on the same (warm) workers gets a fresh group, torch's functions restored.

@@ -289,6 +289,8 @@ class Context:
     """``torch.distributed`` backends this worker can use, its default first; set on the worker
     by a framework backend that sets up a process group (the PyTorch plugin's)."""
     _gathers: int = 0
+    _logged_metrics: dict[str, Any] = field(default_factory=dict)
+    """Everything ``get_metrics_reporter().log_metrics`` logged so far (latest value per name)."""
 
     def get_world_size(self) -> int:
         """Number of workers in the job."""
@@ -449,15 +451,18 @@ class Context:
 
 
 class MetricsReporter:
-    """Sends metrics from a ``train_func`` to the driver: rank 0's become the Result's
-    ``get_metrics()`` (the last one) and ``get_metrics_history()`` (all, in order); other ranks'
-    are checked and dropped. Get it with ``get_context().get_metrics_reporter()``."""
+    """Sends metrics from a ``train_func`` to the driver. Calls accumulate: rank 0's
+    ``get_metrics()`` is every name logged so far with its latest value (a training time
+    logged first and test scores logged later both end up there), and
+    ``get_metrics_history()`` holds that union after each call, in order; other ranks' are
+    checked and dropped. Get it with ``get_context().get_metrics_reporter()``."""
 
     def __init__(self, context: Context) -> None:
         self._context = context
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Report ``metrics`` (a dict of name -> value), as ``get_context().report(metrics)``.
+        """Report ``metrics`` (a dict of name -> value) merged into what was logged before, as
+        ``get_context().report(all_logged_so_far)``.
 
         Args:
             metrics: Names and values (numbers, lists ...), kept as given.
@@ -479,7 +484,8 @@ class MetricsReporter:
                     f"log_metrics(step={step}) contradicts metrics['step']={metrics['step']!r}"
                 )
             metrics = {**metrics, "step": step}
-        self._context.report(metrics)
+        self._context._logged_metrics.update(metrics)
+        self._context.report(dict(self._context._logged_metrics))
 
 
 _current: Context | None = None

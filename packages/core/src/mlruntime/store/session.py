@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import uuid
 from collections.abc import Sequence
@@ -23,6 +24,11 @@ __all__ = ["HOME_ENV", "TABLE_WRITE_MODES", "Session", "get_active_session", "ml
 
 TABLE_WRITE_MODES = (*WRITE_MODES, "truncate", "ignore")
 """Modes of :meth:`Session.create_table`: the sinks' modes plus ``truncate`` and ``ignore``."""
+
+SNOWFLAKE_IDENTIFIERS_ENV = "MLRUNTIME_SNOWFLAKE_IDENTIFIERS"
+"""Set to ``1`` to name columns of in-memory data as Snowflake shows them (see :class:`Session`)."""
+
+_UNQUOTED = re.compile(r"[A-Z_][A-Z0-9_$]*")
 
 _INTERNAL_PREFIX = "__mlruntime_"
 """Names of the session's own temporary tables and views (not listed by ``tables()``)."""
@@ -51,6 +57,12 @@ class Session:
         path: Database file; ``None`` for ``$MLRUNTIME_HOME/warehouse.duckdb``, ``":memory:"``
             for an in-memory database.
         read_only: Open the file read-only (several processes may then share it).
+        snowflake_identifiers: Name the columns that ``create_dataframe`` and ``write_pandas``
+            bring in as Snowpark shows them: a name that is not an upper-case identifier keeps
+            its case in Snowflake and is written with its quotes, so pandas column ``target``
+            becomes ``'"target"'`` (``C1`` stays ``C1``). Notebooks that index such columns as
+            ``'"target"'`` then port unchanged. Default: the ``MLRUNTIME_SNOWFLAKE_IDENTIFIERS``
+            environment variable (``1``), else off (names kept as given).
 
     Example:
         >>> session = Session(":memory:")
@@ -59,8 +71,17 @@ class Session:
         3
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        read_only: bool = False,
+        snowflake_identifiers: bool | None = None,
+    ):
         self.path = str(mlruntime_home() / "warehouse.duckdb") if path is None else os.fspath(path)
+        if snowflake_identifiers is None:
+            snowflake_identifiers = os.environ.get(SNOWFLAKE_IDENTIFIERS_ENV, "") == "1"
+        self.snowflake_identifiers = snowflake_identifiers
         self.connection = duckdb.connect(self.path, read_only=read_only)
         self._lock = threading.RLock()
 
@@ -148,6 +169,8 @@ class Session:
                 whose length does not match the columns.
         """
         table = _rows_to_arrow(data, schema)
+        if self.snowflake_identifiers:
+            table = table.rename_columns([snowflake_column_name(c) for c in table.column_names])
         name = f"{_INTERNAL_PREFIX}df_{uuid.uuid4().hex}"
         con = self.connection
         with self._lock:
@@ -200,6 +223,8 @@ class Session:
                 mode = "overwrite" if auto_create_table else "truncate"
             else:
                 mode = "append"
+            if self.snowflake_identifiers:
+                df = _with_snowflake_names(_as_arrow(df))
             return self.create_table(table_name, df, mode=mode)
 
     def create_table(self, name: str, data: Any, *, mode: str = "error") -> DataFrame:
@@ -260,6 +285,24 @@ class Session:
             finally:
                 con.unregister(view)
         return self.table(name)
+
+
+def snowflake_column_name(name: str) -> str:
+    """How Snowpark shows a column made from ``name``: as is when it is an unquoted Snowflake
+    identifier (upper case, digits, ``_``, ``$``), else with its double quotes (``'"target"'``)."""
+    if _UNQUOTED.fullmatch(name) or (len(name) > 1 and name[0] == name[-1] == '"'):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _with_snowflake_names(data: pa.Table | pa.RecordBatchReader) -> Any:
+    names = [snowflake_column_name(c) for c in data.schema.names]
+    if isinstance(data, pa.Table):
+        return data.rename_columns(names)
+    schema = pa.schema([f.with_name(n) for f, n in zip(data.schema, names, strict=True)])
+    return pa.RecordBatchReader.from_batches(
+        schema, (pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in data)
+    )
 
 
 def _as_arrow(data: Any) -> pa.Table | pa.RecordBatchReader:
@@ -350,12 +393,20 @@ _active_lock = threading.Lock()
 
 
 def get_active_session() -> Session:
-    """The default session: ``$MLRUNTIME_HOME/warehouse.duckdb``, opened once per process."""
+    """The default session: ``$MLRUNTIME_HOME/warehouse.duckdb``, opened once per process
+    (``MLRUNTIME_SNOWFLAKE_IDENTIFIERS=1`` turns Snowflake's column naming on, see
+    :class:`Session`)."""
     global _active
     with _active_lock:
         home_db = str(mlruntime_home() / "warehouse.duckdb")
-        if _active is None or _active.path != home_db or _is_closed(_active):
-            _active = Session(home_db)
+        quoted = os.environ.get(SNOWFLAKE_IDENTIFIERS_ENV, "") == "1"
+        if (
+            _active is None
+            or _active.path != home_db
+            or _active.snowflake_identifiers != quoted
+            or _is_closed(_active)
+        ):
+            _active = Session(home_db, snowflake_identifiers=quoted)
         return _active
 
 
