@@ -111,9 +111,10 @@ def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnect
         get_tuner_context()
 
 
-def nested_xgboost() -> None:
+def nested_xgboost(timed: bool = False) -> None:
     from mlruntime_xgboost import XGBEstimator, XGBScalingConfig
 
+    start = time.time()
     ctx = get_tuner_context()
     depth = ctx.get_hyper_params()["max_depth"]
     est = XGBEstimator(
@@ -124,7 +125,8 @@ def nested_xgboost() -> None:
     )
     est.fit(ctx.get_dataset_map()["train"], ["x0", "x1"], "y")
     rmse = est.get_eval_results()["train"]["rmse"][-1]
-    ctx.report({"rmse": rmse, "workers": len(est.last_result.return_values)})
+    times = {"start": start, "end": time.time()} if timed else {}
+    ctx.report({"rmse": rmse, "workers": len(est.last_result.return_values), **times})
 
 
 def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Path) -> None:
@@ -147,6 +149,39 @@ def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Pat
     assert sorted(frame["config/max_depth"]) == [2, 4] and set(frame["workers"]) == {2}
     assert (frame["rmse"] < 1.0).all()
     session.close()
+
+
+def timed_nested_xgboost() -> None:
+    nested_xgboost(timed=True)
+
+
+def test_trials_with_estimators_run_side_by_side_on_a_bigger_cluster(tmp_path: Path) -> None:
+    """Two nodes x 2 CPUs: two trials at once, each driving a 2-worker x 1-CPU estimator.
+    The trial processes reserve nothing their estimators need, so both jobs are placed
+    together (their run intervals overlap) instead of one waiting for the other."""
+    pytest.importorskip("mlruntime_xgboost")
+    from mlruntime.testing import simulated_cluster
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 2))
+    frame = pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "y": x[:, 0] * 3 + x[:, 1]})
+    config = tune.TunerConfig(
+        metric="rmse",
+        mode="min",
+        search_alg=GridSearch(),
+        uses_snowflake_trainer=True,
+        resource_per_trial={"CPU": 2},
+        verbose=False,
+    )
+    with simulated_cluster([(2, 0), (2, 0)]):
+        train = DataConnector.from_dataframe(frame)
+        space = {"max_depth": [2, 3, 4, 5]}
+        result = tune.Tuner(timed_nested_xgboost, space, config).run({"train": train})
+    runs = result.results.sort_values("start")
+    assert len(runs) == 4 and set(runs["workers"]) == {2}
+    starts, ends = runs["start"].tolist(), runs["end"].tolist()
+    # with 4 CPUs and 2-CPU trials, the second trial starts before the first one ends
+    assert starts[1] < ends[0]
 
 
 DRIVER = textwrap.dedent(
