@@ -187,3 +187,83 @@ def test_bad_input_is_refused_with_a_clear_error(parquet_dc: DataConnector) -> N
 def test_columns_selects_what_is_yielded(parquet_dc: DataConnector) -> None:
     batch = next(iter(parquet_dc.to_torch_dataset(batch_size=10, columns=["x1", "label"])))
     assert list(batch) == ["x1", "label"]
+
+
+def matrix_data() -> DataConnector:
+    table = pa.table(
+        {
+            "a": np.arange(10, dtype=np.float64),
+            "b": np.arange(10, dtype=np.int32) * 10,
+            "name": [f"r{i}" for i in range(10)],
+            "y": np.arange(10, dtype=np.int64) % 3,
+        }
+    )
+    return DataConnector.from_dataframe(table)
+
+
+def test_input_cols_give_one_feature_matrix_and_the_label_apart() -> None:
+    ds = matrix_data().to_torch_dataset(batch_size=4, input_cols=["a", "b"], label_col="y")
+    batches = list(ds)
+    assert len(batches) == 2  # drop_last_batch
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and x.shape == (4, 2)
+    assert x.tolist() == [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]
+    assert y.dtype == torch.int64 and y.shape == (4, 1) and y[:, 0].tolist() == [0, 1, 2, 0]
+    flat = matrix_data().to_torch_dataset(
+        batch_size=4,
+        input_cols=["a"],
+        label_col="y",
+        expand_dims=False,
+        feature_dtype=torch.float64,
+    )
+    x, y = next(iter(flat))
+    assert x.dtype == torch.float64 and x.shape == (4, 1) and y.shape == (4,)
+    # features alone; rows are (F,) and a DataLoader collates them into (B, F)
+    assert next(iter(matrix_data().to_torch_dataset(batch_size=3, input_cols=["b"]))).shape == (
+        3,
+        1,
+    )
+    rows = matrix_data().to_torch_dataset(input_cols=["a", "b"], label_col="y")
+    x, y = next(iter(DataLoader(rows, batch_size=5)))
+    assert x.shape == (5, 2) and y.shape == (5, 1) and x[4].tolist() == [4.0, 40.0]
+
+
+def test_device_and_pin_memory_put_batches_where_asked() -> None:
+    ds = matrix_data().to_torch_dataset(
+        batch_size=5, input_cols=["a", "b"], label_col="y", device="cpu", pin_memory=True
+    )
+    x, y = next(iter(ds))  # no GPU here: pin_memory is ignored, tensors on the CPU
+    assert x.device.type == "cpu" and y.device.type == "cpu"
+    dicts = matrix_data().to_torch_dataset(batch_size=5, device="cpu", pin_memory=True)
+    batch = next(iter(dicts))
+    assert batch["a"].device.type == "cpu" and batch["name"] == ["r0", "r1", "r2", "r3", "r4"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batches_reach_the_gpu_pinned_and_in_order() -> None:
+    ds = matrix_data().to_torch_dataset(
+        batch_size=2, input_cols=["a", "b"], label_col="y", device="cuda", pin_memory=True
+    )
+    seen = [(x.device.type, x[:, 0].tolist()) for x, _ in ds]
+    assert seen == [
+        ("cuda", [0.0, 1.0]),
+        ("cuda", [2.0, 3.0]),
+        ("cuda", [4.0, 5.0]),
+        ("cuda", [6.0, 7.0]),
+        ("cuda", [8.0, 9.0]),
+    ]
+
+
+def test_matrix_options_refuse_bad_input() -> None:
+    dc = matrix_data()
+    with pytest.raises(ConfigError, match="label_col needs input_cols"):
+        dc.to_torch_dataset(label_col="y")
+    with pytest.raises(ConfigError, match="either columns"):
+        dc.to_torch_dataset(columns=["a"], input_cols=["a"])
+    with pytest.raises(ColumnError):
+        dc.to_torch_dataset(input_cols=["a", "ghost"])
+    with pytest.raises(ConfigError, match="device must be a torch device"):
+        dc.to_torch_dataset(device="warp-drive")
+    with pytest.raises(ConfigError, match="input column 'name' has dtype"):
+        next(iter(dc.to_torch_dataset(batch_size=2, input_cols=["name"])))

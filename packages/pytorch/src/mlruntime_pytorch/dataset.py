@@ -89,10 +89,20 @@ class TorchDataset(IterableDataset):
         seed: int | None,
         columns: list[str] | None = None,
         expand_dims: bool = True,
+        device: Any = None,
+        pin_memory: bool = False,
+        input_cols: list[str] | None = None,
+        label_col: str | None = None,
+        feature_dtype: Any = None,
     ) -> None:
         super().__init__()
         self.connector = connector
         self.expand_dims = expand_dims
+        self.device = None if device is None else torch.device(device)
+        self.pin_memory = pin_memory
+        self.input_cols = input_cols
+        self.label_col = label_col
+        self.feature_dtype = torch.float32 if feature_dtype is None else feature_dtype
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last_batch = drop_last_batch
@@ -177,18 +187,64 @@ class TorchDataset(IterableDataset):
         if self.batch_size is None:
             yield from self._rows(batches)
             return
+        yield from _to_device(self._host_batches(batches), self.device)
+
+    def _host_batches(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[Any]:
+        """Each batch as tensors in host memory (pinned when asked and a GPU is there)."""
+        pin = self.pin_memory and torch.cuda.is_available()
         for batch in batches:
             self._rows_done += len(next(iter(batch.values())))
-            yield to_tensors(batch, self.expand_dims)
+            if self.input_cols is not None:
+                yield self._matrix(batch, pin)
+                continue
+            tensors = to_tensors(batch, self.expand_dims)
+            yield {
+                k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in tensors.items()
+            }
 
-    def _rows(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, Any]]:
+    def _matrix(self, batch: dict[str, np.ndarray], pin: bool) -> Any:
+        """``(features, label)``: the input columns as one ``(B, F)`` tensor (one copy, made
+        straight into pinned memory when pinning) and the label column as :func:`to_tensors`
+        gives it; the features alone without a ``label_col``."""
+        assert self.input_cols is not None
+        rows = len(next(iter(batch.values())))
+        features = torch.empty(
+            (rows, len(self.input_cols)), dtype=self.feature_dtype, pin_memory=pin
+        )
+        out = features.numpy()
+        for j, name in enumerate(self.input_cols):
+            values = batch[name]
+            if values.dtype.kind not in "biuf":
+                raise ConfigError(
+                    f"input column {name!r} has dtype {values.dtype}; input_cols must be "
+                    "numeric (pass others through columns= as a dict batch)"
+                )
+            out[:, j] = values
+        if self.label_col is None:
+            return features
+        label = to_tensors({"y": batch[self.label_col]}, self.expand_dims)["y"]
+        if pin and torch.is_tensor(label):
+            label = label.pin_memory()
+        return features, label
+
+    def _rows(self, batches: Iterator[dict[str, np.ndarray]]) -> Iterator[Any]:
         for batch in batches:
-            tensors = to_tensors(batch, self.expand_dims)  # rows of (B, 1) are (1,)
             rows = len(next(iter(batch.values())))
+            if self.input_cols is not None:
+                # rows of the matrix are (F,), labels (1,) (or 0-d without expand_dims)
+                parts = self._matrix(batch, False)
+                for i in range(rows):
+                    self._rows_done += 1
+                    if isinstance(parts, tuple):
+                        yield _moved((parts[0][i], parts[1][i]), self.device)
+                    else:
+                        yield _moved(parts[i], self.device)
+                continue
+            tensors = to_tensors(batch, self.expand_dims)  # rows of (B, 1) are (1,)
             names = list(tensors)
             for i in range(rows):
                 self._rows_done += 1
-                yield {name: tensors[name][i] for name in names}
+                yield _moved({name: tensors[name][i] for name in names}, self.device)
 
     def __repr__(self) -> str:
         return (
@@ -199,6 +255,53 @@ class TorchDataset(IterableDataset):
 
 def _fresh_seed() -> int:
     return int(np.random.default_rng().integers(0, 2**31 - 1))
+
+
+def _moved(value: Any, device: Any, non_blocking: bool = False) -> Any:
+    """``value`` (a tensor, or a dict/tuple of them; lists of strings stay) on ``device``."""
+    if device is None:
+        return value
+    if torch.is_tensor(value):
+        return value.to(device, non_blocking=non_blocking)
+    if isinstance(value, dict):
+        return {k: _moved(v, device, non_blocking) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_moved(v, device, non_blocking) for v in value)
+    return value
+
+
+def _record(value: Any, stream: Any) -> None:
+    """Tell the caching allocator that ``stream`` uses ``value``'s device memory."""
+    if torch.is_tensor(value):
+        value.record_stream(stream)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _record(v, stream)
+    elif isinstance(value, tuple):
+        for v in value:
+            _record(v, stream)
+
+
+def _to_device(batches: Iterator[Any], device: Any) -> Iterator[Any]:
+    """Batches on ``device``; on a CUDA device the next batch's copy runs on a side stream
+    while the caller computes on the current one (one batch in flight, as NVIDIA's data
+    prefetchers do), so with pinned batches the copy overlaps the training step."""
+    if device is None or device.type != "cuda":
+        for batch in batches:
+            yield _moved(batch, device)
+        return
+    copies = torch.cuda.Stream(device=device)
+    pending: Any = None
+    for batch in batches:
+        with torch.cuda.stream(copies):
+            moved = _moved(batch, device, non_blocking=True)
+        if pending is not None:
+            yield pending
+        torch.cuda.current_stream(device).wait_stream(copies)
+        _record(moved, torch.cuda.current_stream(device))
+        pending = moved
+    if pending is not None:
+        yield pending
 
 
 def _loader_part(connector: DataConnector, index: int, count: int) -> DataConnector | None:
@@ -268,8 +371,14 @@ def to_torch_dataset(
     seed: int | None = None,
     columns: list[str] | None = None,
     expand_dims: bool | None = None,
+    device: Any = None,
+    pin_memory: bool = False,
+    input_cols: list[str] | None = None,
+    label_col: str | None = None,
+    feature_dtype: Any = None,
 ) -> TorchDataset:
-    """The connector's rows as a ``torch.utils.data.IterableDataset`` of dicts of tensors.
+    """The connector's rows as a ``torch.utils.data.IterableDataset`` of dicts of tensors
+    (or of ``(features, label)`` pairs with ``input_cols``).
 
     Args:
         connector: The data (a ShardedDataConnector reads the current worker's shard; a plain
@@ -284,23 +393,59 @@ def to_torch_dataset(
         expand_dims: Scalar numeric columns as ``(B, 1)`` per batch and ``(1,)`` per row, as
             Snowflake gives them; ``False``: ``(B,)`` and 0-d. ``None``: the connector's own
             setting (``DataConnector.from_*(..., expand_dims=...)``, default ``True``).
+        device: Where the tensors go (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` leaves
+            them in host memory. On a GPU the next batch is copied on a side stream while the
+            current one is used, so the copy overlaps the training step; use it with
+            ``DataLoader(ds, batch_size=None, num_workers=0)`` (loader workers cannot hand
+            out GPU tensors) or iterate the dataset directly.
+        pin_memory: Put batches in page-locked memory first (copies to the GPU then run
+            asynchronously). Ignored without a CUDA GPU.
+        input_cols: Numeric columns to yield as one ``(B, F)`` matrix (``(F,)`` per row),
+            built in one copy (straight into pinned memory with ``pin_memory``), so a
+            training loop needs no ``torch.stack``. Each item is then ``(features, label)``,
+            or ``features`` alone without ``label_col``.
+        label_col: With ``input_cols``: the label column, yielded apart, shaped as
+            ``expand_dims`` says (``(B, 1)`` by default, ``(B,)`` with ``expand_dims=False``).
+        feature_dtype: dtype of the feature matrix (default ``torch.float32``).
 
     Returns:
         A :class:`TorchDataset`; inside a distributed job it reads only this rank's shard, and
         DataLoader workers (``num_workers > 0``) each read a disjoint part of it.
 
     Raises:
-        ConfigError: For a ``batch_size`` that is not a positive integer or ``None``.
+        ConfigError: For a ``batch_size`` that is not a positive integer or ``None``, a
+            ``label_col`` without ``input_cols``, ``columns`` together with ``input_cols``, a
+            non-numeric input column or an unknown device.
         ColumnError: For an unknown column.
 
     Example:
         >>> ds = connector.to_torch_dataset(batch_size=1024, shuffle=True, seed=0)
         >>> for batch in torch.utils.data.DataLoader(ds, batch_size=None):
         ...     loss = model(batch["x"]) ...
+        >>> ds = connector.to_torch_dataset(
+        ...     batch_size=4096, input_cols=FEATURES, label_col="y", device="cuda", pin_memory=True
+        ... )
+        >>> for x, y in ds:  # x: (4096, len(FEATURES)) float32 on the GPU, y: (4096, 1)
+        ...     loss = loss_fn(model(x), y) ...
     """
     size = check_batch_size(batch_size, allow_none=True)
     if not isinstance(connector, DataConnector):
         raise ConfigError(f"to_torch_dataset needs a DataConnector, got {type(connector).__name__}")
+    if label_col is not None and input_cols is None:
+        raise ConfigError("label_col needs input_cols (the feature columns of the matrix)")
+    if input_cols is not None:
+        if columns is not None:
+            raise ConfigError("pass either columns (dict batches) or input_cols (a matrix)")
+        input_cols = list(input_cols)
+        if not input_cols:
+            raise ConfigError("input_cols must name at least one column")
+        columns = input_cols + ([label_col] if label_col is not None else [])
+    try:
+        device = None if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device must be a torch device such as 'cuda:0', got {device!r}"
+        ) from exc
     if columns is not None:
         connector.select(columns)  # raises ColumnError for unknown names
     return TorchDataset(
@@ -311,4 +456,9 @@ def to_torch_dataset(
         seed,
         list(columns) if columns is not None else None,
         getattr(connector, "expand_dims", True) if expand_dims is None else bool(expand_dims),
+        device=device,
+        pin_memory=bool(pin_memory),
+        input_cols=input_cols,
+        label_col=label_col,
+        feature_dtype=feature_dtype,
     )
