@@ -52,6 +52,40 @@ def test_one_worker_matches_single_process_xgboost(
     np.testing.assert_allclose(
         booster.inplace_predict(x), single_process(frame).inplace_predict(x), rtol=1e-5, atol=1e-5
     )
+    # the booster says which device trained it
+    assert booster.attr("mlruntime_trained_device") == "cpu"
+
+
+def test_a_loaded_booster_gets_back_the_device_that_trained_it() -> None:
+    from mlruntime_xgboost.estimator import _XGBTrainer
+
+    x = np.random.default_rng(0).random((50, 2))
+    trained = xgb.train({"device": "cpu"}, xgb.DMatrix(x, label=x[:, 0]), 2)
+    trained.set_attr(mlruntime_trained_device="cuda:0")  # as a GPU worker's dump records it
+    raw = bytes(trained.save_raw("ubj"))
+    loaded = _XGBTrainer().load(raw)
+    config = json.loads(loaded.save_config())["learner"]["generic_param"]
+    assert loaded.attr("mlruntime_trained_device") == "cuda:0"
+    # without a GPU here XGBoost itself keeps the CPU; with one, the config reads cuda:0
+    assert config["device"] in ("cpu", "cuda:0")
+    assert loaded.predict(xgb.DMatrix(x)).shape == (50,)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (xgb.build_info().get("USE_CUDA") and os.path.exists("/dev/nvidia0")),
+    reason="needs a CUDA GPU",
+)
+def test_gpu_training_shows_in_the_returned_booster(
+    ray_cluster: None, parquet_folder: Path
+) -> None:
+    est = XGBEstimator(
+        n_estimators=5, scaling_config=XGBScalingConfig(num_workers=1, use_gpu=True), verbose=False
+    )
+    booster = est.fit(DataConnector.from_sources(parquet_folder), FEATURES, "y")
+    config = json.loads(booster.save_config())["learner"]["generic_param"]
+    assert booster.attr("mlruntime_trained_device").startswith("cuda")
+    assert config["device"].startswith("cuda")
 
 
 def test_two_workers_train_the_same_model_within_xgboost_tolerance(

@@ -8,6 +8,7 @@ module holds only what is XGBoost's.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,20 @@ PREDICT_BATCH_ROWS = 65_536
 """Rows scored at once on a worker."""
 
 _DEVICES = ("cpu", "cuda", "gpu")
+
+TRAINED_DEVICE_ATTR = "mlruntime_trained_device"
+"""Booster attribute naming the device that trained it (``"cpu"``, ``"cuda:0"`` ...)."""
+
+
+def _config_device(model: Any) -> str:
+    """The device in a booster's learner config (``"cpu"`` if the config does not say)."""
+    import json
+
+    try:
+        config = json.loads(model.save_config())
+        return str(config["learner"]["generic_param"].get("device", "cpu"))
+    except (KeyError, ValueError, xgb.core.XGBoostError):
+        return "cpu"
 
 
 @dataclass(frozen=True)
@@ -161,9 +176,18 @@ class _XGBTrainer(GBDTTrainer):
     def load(self, payload: Any) -> Any:
         booster = xgb.Booster()
         booster.load_model(bytearray(payload))
+        trained_on = booster.attr(TRAINED_DEVICE_ATTR)
+        if trained_on and trained_on != "cpu":
+            # A model file keeps no device: give it back the one that trained it, so its
+            # config says so (XGBoost itself falls back to the CPU, with a warning we
+            # silence, where this process sees no GPU; the attribute still tells).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                booster.set_param({"device": trained_on})
         return booster
 
     def dump(self, model: Any) -> Any:
+        model.set_attr(**{TRAINED_DEVICE_ATTR: _config_device(model)})
         return bytes(model.save_raw("ubj"))
 
     def device(self, params: dict[str, Any]) -> str:
