@@ -346,6 +346,37 @@ def test_a_warm_group_is_reused_by_the_next_job(ray_cluster: None, tmp_path: Pat
     assert first == second  # same worker processes
 
 
+def test_warm_groups_of_different_shapes_are_kept_while_they_fit(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    import ray
+
+    from mlruntime.runtime import distributor
+
+    distributor.release_idle_groups()
+    cpus = int(ray.cluster_resources()["CPU"])
+    narrow = Distributor(
+        ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1)),
+        verbose=False,
+    )
+    wide = Distributor(
+        ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=2)),
+        verbose=False,
+    )
+    # alternating shapes (a CPU job and a GPU job, say): each reuses its own warm group
+    runs = [d.run(os.getpid, artifact_location=tmp_path).return_values for d in (narrow, wide) * 2]
+    assert runs[0] == runs[2] and runs[1] == runs[3] and runs[0] != runs[1]
+    assert len(distributor._idle) == 2
+    # a job that needs every CPU does not wait for the warm groups: they make room
+    every_cpu = Distributor(
+        ScalingConfig(num_workers=cpus, resources_per_worker=WorkerResourceConfig(num_cpus=1)),
+        verbose=False,
+    )
+    assert len(every_cpu.run(os.getpid, artifact_location=tmp_path).return_values) == cpus
+    assert len(distributor._idle) == 1  # only the last job's group is warm now
+    distributor.release_idle_groups()
+
+
 class RecordingBackend(Backend):
     name = "recording"
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mlruntime.runtime.distributor import Backend as Backend
     from mlruntime.runtime.distributor import Distributor as Distributor
     from mlruntime.runtime.distributor import Result as Result
+    from mlruntime.runtime.packages import worker_packages as worker_packages
     from mlruntime.runtime.ray_data import RayDataIngester as RayDataIngester
     from mlruntime.runtime.scaling import FailureConfig as FailureConfig
     from mlruntime.runtime.scaling import NodeScalingConfig as NodeScalingConfig
@@ -101,6 +102,7 @@ _LAZY: dict[str, str] = {
     "shutdown": "mlruntime.runtime.cluster",
     "is_initialized": "mlruntime.runtime.cluster",
     "get_nodes": "mlruntime.runtime.cluster",
+    "worker_packages": "mlruntime.runtime.packages",
     "cluster_resources": "mlruntime.runtime.cluster",
 }
 

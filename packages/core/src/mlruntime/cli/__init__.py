@@ -18,6 +18,7 @@ from typing import Any
 
 from mlruntime.__about__ import __version__
 from mlruntime.cli import datasets, gbdt
+from mlruntime.cli import env as env_command
 from mlruntime.errors import MLRuntimeError, PluginWarning
 
 __all__ = ["main"]
@@ -171,6 +172,7 @@ def _build_parser(groups: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     datasets.add_parser(sub)
+    env_command.add_parser(sub)
 
     for group, commands in sorted(groups.items()):
         names = ", ".join(sorted(commands))
@@ -198,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             groups.setdefault(verb, {})[name] = run
     for spec in registry.commands().values():  # a plugin's own command wins
         groups.setdefault(spec.group, {})[spec.name] = spec
-    for builtin in ("plugins", "info", "datasets"):
+    for builtin in ("plugins", "info", "datasets", "env"):
         groups.pop(builtin, None)
     args = _build_parser(groups).parse_args(argv)
     try:

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,7 +95,13 @@ def is_initialized() -> bool:
 
 
 def init(
-    address: str | None = None, *, storage: str | os.PathLike[str] | None = None, **ray_options: Any
+    address: str | None = None,
+    *,
+    storage: str | os.PathLike[str] | None = None,
+    pip: Sequence[str] | None = None,
+    index_url: str | None = None,
+    extra_index_urls: Sequence[str] = (),
+    **ray_options: Any,
 ) -> None:
     """Connect to Ray, starting an embedded local one when no cluster is named.
 
@@ -109,16 +115,25 @@ def init(
         storage: Where jobs keep what every node must reach (run folders, model dirs,
             checkpoints): a pyarrow filesystem URI (``s3://bucket/prefix``) or a shared path;
             default ``MLRUNTIME_STORAGE``, else ``MLRUNTIME_HOME`` (fine on one machine).
+        pip: Requirements installed on every worker of the later jobs, on top of the node's
+            environment (a uv overlay, cached on each node); see docs/environments.md.
+        index_url: The package index for ``pip`` instead of PyPI (an internal repository).
+        extra_index_urls: More indexes for ``pip``.
         **ray_options: Passed to ``ray.init`` (``num_cpus``, ``num_gpus``, ``runtime_env`` ...).
 
     Raises:
-        ConfigError: If Ray is already connected to a different address than the one asked.
+        ConfigError: If Ray is already connected to a different address than the one asked,
+            or ``pip`` cannot be resolved (uv's message, before anything starts).
     """
     global _started_by_us
     if storage is not None:
         from mlruntime.store.storage import set_storage
 
         set_storage(storage)
+    if pip is not None or index_url is not None or extra_index_urls:
+        from mlruntime.runtime.packages import set_session_packages
+
+        set_session_packages(pip, index_url, extra_index_urls)
     with _lock:
         address = address or os.environ.get(ADDRESS_ENV) or None
         if is_initialized():

@@ -2,8 +2,8 @@
 
 A framework plugin subclasses :class:`Distributor` and supplies a :class:`Backend` (how its
 processes join: environment, process-group set-up and tear-down); core owns the rest. A worker
-group of the same shape is kept warm between jobs of one session, so a second job starts in
-well under a second.
+group is kept warm between jobs of one session (several, of different shapes, while they fit
+side by side), so a job of a shape seen before starts in well under a second.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from mlruntime.runtime.context import (
     get_context,
     prune_checkpoints,
 )
+from mlruntime.runtime.packages import current_packages, prepare_runtime_env, worker_packages
 from mlruntime.runtime.progress import Progress
 from mlruntime.runtime.scaling import (
     FailureConfig,
@@ -137,6 +138,10 @@ KEEP_WARM_S = float(os.environ.get("MLRUNTIME_KEEP_WARM_S", "30"))
 Warm workers hold their CPUs/GPUs, so they are released after this idle time, before any other
 placement, and before mlruntime itself runs Ray tasks (``to_ray_dataset``)."""
 
+MAX_WARM_GROUPS = int(os.environ.get("MLRUNTIME_MAX_WARM_GROUPS", "4"))
+"""Worker groups of different shapes kept warm at once (each only while the next job fits
+beside it: a job that cannot be placed at once releases them all)."""
+
 _idle: dict[tuple[Any, ...], WorkerGroup] = {}
 _idle_since: dict[tuple[Any, ...], float] = {}
 _idle_lock = threading.Lock()
@@ -160,14 +165,15 @@ def release_idle_groups(older_than: float = 0.0) -> None:
             pass
 
 
-def _acquire(scaling: ResolvedScaling, key: tuple[Any, ...], progress: Progress) -> WorkerGroup:
+def _acquire(
+    scaling: ResolvedScaling,
+    key: tuple[Any, ...],
+    progress: Progress,
+    runtime_env: dict[str, Any] | None = None,
+) -> WorkerGroup:
     with _idle_lock:
         group = _idle.pop(key, None)
-        others = list(_idle.values())
-        _idle.clear()
-        _idle_since.clear()
-    for other in others:  # free their resources for this job
-        other.shutdown()
+        _idle_since.pop(key, None)
     if group is not None and group.alive():
         progress.say(f"reusing {scaling.describe()} kept warm")
         group.refresh_master_port()  # the last job's rendezvous port may linger in TIME_WAIT
@@ -175,7 +181,11 @@ def _acquire(scaling: ResolvedScaling, key: tuple[Any, ...], progress: Progress)
     if group is not None:
         group.shutdown()
     progress.say(f"placing {scaling.describe()}")
-    group = WorkerGroup(scaling, name=progress.name)
+    # Groups of other shapes stay warm while this one fits beside them (a CPU job and a GPU
+    # job alternating both reuse theirs); if it does not fit at once, they make room.
+    group = WorkerGroup(
+        scaling, name=progress.name, runtime_env=runtime_env, make_room=release_idle_groups
+    )
     group.start()
     return group
 
@@ -188,8 +198,15 @@ def _release(group: WorkerGroup, key: tuple[Any, ...], reusable: bool = True) ->
         previous = _idle.pop(key, None)
         _idle[key] = group
         _idle_since[key] = time.monotonic()
+        surplus = []
+        while len(_idle) > MAX_WARM_GROUPS:  # the longest idle go first
+            oldest = min(_idle_since, key=_idle_since.__getitem__)
+            surplus.append(_idle.pop(oldest))
+            _idle_since.pop(oldest)
     if previous is not None and previous is not group:
         previous.shutdown()
+    for other in surplus:
+        other.shutdown()
     timer = threading.Timer(
         KEEP_WARM_S + 0.1, release_idle_groups, kwargs={"older_than": KEEP_WARM_S}
     )
@@ -257,6 +274,7 @@ class Distributor:
         equal_shards: bool = False,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
         progress_total: int | None = None,
+        pip: Sequence[str] | None = None,
     ) -> Result:
         """Run ``train_func`` (no arguments; it calls ``get_context()``) on every worker.
 
@@ -276,15 +294,17 @@ class Distributor:
                 the same number of rows (the remainder is dropped).
             on_metrics: Also called with every metrics dict rank 0 reports.
             progress_total: Reports expected (rounds, epochs), for the progress bar.
+            pip: Extra requirements for this job's workers, on top of ``mlruntime.init(pip=)``
+                (same index); ``mlruntime.worker_packages(...)`` does it for any entry point.
 
         Returns:
             A Result with rank 0's reports, checkpoints and every rank's return value.
 
         Raises:
             ConfigError: For a missing, non-callable or non-picklable ``train_func``,
-                ``dataset_map`` values that are not DataConnectors, or both
-                ``artifact_location`` and ``artifact_stage_location`` — before any worker
-                starts.
+                ``dataset_map`` values that are not DataConnectors, both
+                ``artifact_location`` and ``artifact_stage_location``, or ``pip`` packages
+                that cannot be resolved — before any worker starts.
             ResourceError: If the scaling request cannot be met.
             WorkerError: If ranks fail (after the allowed restarts), with every rank's error
                 and the history of attempts.
@@ -292,6 +312,17 @@ class Distributor:
         if train_func is None:
             raise ConfigError(f"{type(self).__name__}.run() needs the function to run")
         artifact_location = _artifact_location(artifact_location, artifact_stage_location)
+        if pip:
+            with worker_packages(pip):
+                return self.run(
+                    train_func,
+                    dataset_map=dataset_map,
+                    hyper_params=hyper_params,
+                    artifact_location=artifact_location,
+                    equal_shards=equal_shards,
+                    on_metrics=on_metrics,
+                    progress_total=progress_total,
+                )
         progress = Progress(self.name, self.verbose, total=progress_total)
         try:
             return self._run(
@@ -323,6 +354,13 @@ class Distributor:
         _check_sendable("hyper_params", params)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
+        packages = current_packages()
+        runtime_env = None
+        if packages:
+            from mlruntime.runtime.cluster import get_nodes
+
+            progress.phase("packages", "installing worker packages")
+            runtime_env = prepare_runtime_env(packages, get_nodes())
         run_dir = os.fspath(artifact_location) if artifact_location else _default_run_dir(self.name)
         check_storage_reachable(run_dir)
         storage.makedirs(run_dir)
@@ -333,7 +371,9 @@ class Distributor:
                 for name, value in datasets.items():
                     _check_sendable(f"dataset_map[{name!r}]", value)
             per_rank = _plan_datasets(datasets, scaling.num_workers, equal_shards)
-            return self._attempts(fn, progress, scaling, run_dir, per_rank, params, on_metrics)
+            return self._attempts(
+                fn, progress, scaling, run_dir, per_rank, params, on_metrics, runtime_env
+            )
 
     def _attempts(
         self,
@@ -344,17 +384,18 @@ class Distributor:
         per_rank: list[dict[str, Any]],
         params: dict[str, Any],
         on_metrics: Callable[[dict[str, Any]], None] | None,
+        runtime_env: dict[str, Any] | None = None,
     ) -> Result:
         """Place, run and restart until the job succeeds or runs out of restarts."""
         model_dir = storage.join(run_dir, "model")
         checkpoint_dir = storage.join(run_dir, "checkpoints")
-        key = (scaling, type(self.backend).__qualname__)
+        key = (scaling, type(self.backend).__qualname__, str(runtime_env))
         attempts: list[AttemptRecord] = []
         checkpoint: str | None = None
         attempt = stored = 0
         while True:
             progress.phase("place")
-            group = _acquire(scaling, key, progress)
+            group = _acquire(scaling, key, progress, runtime_env)
             import ray
 
             try:

@@ -26,6 +26,8 @@ LOOPBACK = "127.0.0.1"
 """Where a job's ports listen when all of its processes run on one machine."""
 
 PLACEMENT_TIMEOUT_S = float(os.environ.get("MLRUNTIME_PLACEMENT_TIMEOUT_S", "60"))
+MAKE_ROOM_AFTER_S = 0.5
+"""How long a group waits for free resources before asking others to make room."""
 FAILURE_GRACE_S = 2.0
 """After one rank fails, how long the others get to report their own errors before the kill."""
 
@@ -197,6 +199,10 @@ class WorkerGroup:
         scaling: The resolved job shape.
         env: Extra environment variables for every worker.
         name: A label for errors and logs.
+        runtime_env: The workers' Ray runtime env (extra packages: ``runtime.packages``).
+        make_room: Called once when the workers cannot be placed at once (within
+            ``MAKE_ROOM_AFTER_S``): frees resources others hold (warm groups of earlier jobs),
+            after which placement waits as usual.
 
     Example:
         >>> group = WorkerGroup(resolve_scaling(ScalingConfig(num_workers=2), get_nodes()))
@@ -206,11 +212,18 @@ class WorkerGroup:
     """
 
     def __init__(
-        self, scaling: ResolvedScaling, env: dict[str, str] | None = None, name: str = "job"
+        self,
+        scaling: ResolvedScaling,
+        env: dict[str, str] | None = None,
+        name: str = "job",
+        runtime_env: dict[str, Any] | None = None,
+        make_room: Callable[[], None] | None = None,
     ) -> None:
         self.scaling = scaling
         self.env = dict(env or {})
         self.name = name
+        self.runtime_env = runtime_env
+        self.make_room = make_room
         self.actors: list[Any] = []
         self.ranks: list[RankInfo] = []
         self.state: Any = None
@@ -258,7 +271,13 @@ class WorkerGroup:
 
     def _place(self, ray: Any, remove_placement_group: Any, strategy: Any) -> None:
         s = self.scaling
-        ready, _ = ray.wait([self._pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        waited = 0.0
+        if self.make_room is not None:
+            ready, _ = ray.wait([self._pg.ready()], timeout=MAKE_ROOM_AFTER_S)
+            if not ready:
+                self.make_room()
+            waited = MAKE_ROOM_AFTER_S
+        ready, _ = ray.wait([self._pg.ready()], timeout=max(0.0, PLACEMENT_TIMEOUT_S - waited))
         if not ready:
             remove_placement_group(self._pg)
             self._pg = None
@@ -287,6 +306,7 @@ class WorkerGroup:
                 scheduling_strategy=strategy(
                     placement_group=self._pg, placement_group_bundle_index=i
                 ),
+                **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
             ).remote(env)
             for i in range(s.num_workers)
         ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from mlruntime.errors import ConfigError
@@ -67,6 +67,7 @@ class TrainFuncDistributor(Distributor):
         equal_shards: bool = True,
         on_metrics: Callable[[dict[str, Any]], None] | None = None,
         progress_total: int | None = None,
+        pip: Sequence[str] | None = None,
     ) -> Result:
         """Run ``train_func`` on every worker and return rank 0's report.
 
@@ -84,6 +85,8 @@ class TrainFuncDistributor(Distributor):
             equal_shards: Give every rank the same number of rows (the remainder is dropped).
             on_metrics: Also called with every metrics dict rank 0 reports.
             progress_total: Reports expected (e.g. epochs), for the progress bar.
+            pip: Extra requirements installed on this job's workers (on top of
+                ``mlruntime.init(pip=...)``); see docs/environments.md.
 
         Returns:
             A Result: ``get_metrics()`` (rank 0's last report), ``get_metrics_history()``,
@@ -107,6 +110,7 @@ class TrainFuncDistributor(Distributor):
             equal_shards=equal_shards,
             on_metrics=on_metrics,
             progress_total=progress_total,
+            pip=pip,
         )
 
 
