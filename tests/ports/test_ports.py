@@ -153,3 +153,28 @@ def test_pytorch_multinode_guide(
     metrics = json.loads(out.split("METRICS ", 1)[1].splitlines()[0])
     assert "train_func_train_time" in metrics and metrics["test_images"] > 0
     assert metrics["test_accuracy"] > 0.5
+
+
+SUPPLY_CHAIN = """
+session.sql("ATTACH ':memory:' AS MY_DATABASE")
+session.sql("CREATE SCHEMA MY_DATABASE.MY_SCHEMA")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_dpf_example(tmp_path: Path, run_port: Callable[..., str]) -> None:
+    out = run_port("dpf_example", SUPPLY_CHAIN, tmp_path)
+    assert "Job completed with status: RunStatus.SUCCESS" in out
+    assert "DONE: 5 partitions" in out
+    assert "TOTAL: cost=" in out and "Restored run status: RunStatus.SUCCESS" in out
+    # each region's 10 warehouses get their 2,500 units, in both modes
+    assert out.count("[NA_WEST] Optimal cost") >= 1
+    assert "Stage mode completed with status: RunStatus.SUCCESS" in out
+
+
+@pytest.mark.timeout(600)
+def test_mmt_example(tmp_path: Path, run_port: Callable[..., str]) -> None:
+    out = run_port("mmt_example", "", tmp_path)
+    assert "Training MSE" in out
+    assert "AttributeError" in out and "fitss" in out  # the failed partition's traceback
+    assert "RunStatus.FAILURE" in out or "RunStatus.CANCELLED" in out

@@ -19,6 +19,8 @@ __all__ = [
     "PluginWarning",
     "QueryError",
     "ResourceError",
+    "RunExistsError",
+    "RunNotFoundError",
     "SourceError",
     "TableNotFoundError",
     "WorkerError",
@@ -62,6 +64,14 @@ class TableNotFoundError(MLRuntimeError, LookupError):
 
 class QueryError(MLRuntimeError, ValueError):
     """A SQL query is invalid or failed in the warehouse."""
+
+
+class RunExistsError(MLRuntimeError, FileExistsError):
+    """A partition run id already has results and ``on_existing_artifacts="error"``."""
+
+
+class RunNotFoundError(MLRuntimeError, LookupError):
+    """No partition run of that id is on the storage."""
 
 
 class ResourceError(ConfigError):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import platform
 import sys
@@ -17,26 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlruntime.__about__ import __version__
-from mlruntime.cli import datasets, gbdt
+from mlruntime.cli import datasets, gbdt, runs
 from mlruntime.cli import env as env_command
 from mlruntime.errors import MLRuntimeError, PluginWarning
+from mlruntime.runtime.environment import FRAMEWORKS, dist_version
 
 __all__ = ["main"]
 
-FRAMEWORK_DISTRIBUTIONS = (
-    "ray",
-    "pyarrow",
-    "duckdb",
-    "numpy",
-    "pandas",
-    "polars",
-    "pluggy",
-    "xgboost",
-    "lightgbm",
-    "torch",
-    "tensorflow",
-    "keras",
-)
+FRAMEWORK_DISTRIBUTIONS = FRAMEWORKS
 """Distributions whose versions ``mlruntime info`` reports (read from metadata, not imported)."""
 
 
@@ -48,13 +35,6 @@ def _registry() -> Any:
         warnings.simplefilter("ignore", PluginWarning)  # the table reports them instead
         registry.ensure_loaded()
     return registry
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _plugin_rows(check: bool) -> list[dict[str, Any]]:
@@ -117,7 +97,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "plugins": {
             p.name: {"version": p.version, "status": p.status} for p in _registry().plugins()
         },
-        "frameworks": {name: _dist_version(name) for name in FRAMEWORK_DISTRIBUTIONS},
+        "frameworks": {name: dist_version(name) for name in FRAMEWORK_DISTRIBUTIONS},
     }
     if args.cluster:
         from mlruntime.runtime import cluster as runtime
@@ -172,6 +152,7 @@ def _build_parser(groups: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     datasets.add_parser(sub)
+    runs.add_parser(sub)
     env_command.add_parser(sub)
 
     for group, commands in sorted(groups.items()):
@@ -200,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             groups.setdefault(verb, {})[name] = run
     for spec in registry.commands().values():  # a plugin's own command wins
         groups.setdefault(spec.group, {})[spec.name] = spec
-    for builtin in ("plugins", "info", "datasets", "env"):
+    for builtin in ("plugins", "info", "datasets", "env", "runs"):
         groups.pop(builtin, None)
     args = _build_parser(groups).parse_args(argv)
     try:

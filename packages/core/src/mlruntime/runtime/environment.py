@@ -49,7 +49,8 @@ COMPARED_FIELDS = ("python", "mlruntime", "plugins", "frameworks", "cuda_builds"
 """Report fields that must agree between nodes (and with the driver)."""
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (from its metadata), or None."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -219,7 +220,7 @@ def probe() -> dict[str, Any]:
         "platform": platform.platform(),
         "mlruntime": __version__,
         "plugins": _plugins(),
-        "frameworks": {name: _version(name) for name in FRAMEWORKS},
+        "frameworks": {name: dist_version(name) for name in FRAMEWORKS},
         "cuda_builds": _cuda_builds(),
         "gpus": _gpus(),
     }

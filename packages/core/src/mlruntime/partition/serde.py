@@ -1,0 +1,136 @@
+"""How many-model runs save and load a partition's model: pickle and framework formats.
+
+Each serde names its file and writes/reads it at a local path. Framework imports happen inside
+the methods, so this module imports no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+from abc import ABC, abstractmethod
+from typing import Any
+
+__all__ = [
+    "KerasSerde",
+    "LightGBMSerde",
+    "ModelSerde",
+    "PickleSerde",
+    "TensorFlowSerde",
+    "TorchSerde",
+    "XGBoostSerde",
+]
+
+
+def _framework(name: str) -> Any:
+    """Import a framework when a model is saved or loaded (core never imports one itself)."""
+    return importlib.import_module(name)
+
+
+class ModelSerde(ABC):
+    """Saves and loads one model (Snowflake's ``ModelSerde``): subclass it for other formats."""
+
+    @property
+    @abstractmethod
+    def filename(self) -> str:
+        """The model's artifact name (``"model.pkl"`` ...)."""
+
+    @abstractmethod
+    def write(self, model: Any, file_path: str) -> None:
+        """Save ``model`` at ``file_path``."""
+
+    @abstractmethod
+    def read(self, file_path: str) -> Any:
+        """Load the model saved at ``file_path``."""
+
+
+class PickleSerde(ModelSerde):
+    """Any picklable model, as ``model.pkl`` (the default; trusted input only)."""
+
+    @property
+    def filename(self) -> str:
+        return "model.pkl"
+
+    def write(self, model: Any, file_path: str) -> None:
+        with open(file_path, "wb") as handle:
+            pickle.dump(model, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def read(self, file_path: str) -> Any:
+        with open(file_path, "rb") as handle:
+            return pickle.load(handle)
+
+
+class TorchSerde(ModelSerde):
+    """A PyTorch module, saved whole with ``torch.save`` as ``model.pth``."""
+
+    @property
+    def filename(self) -> str:
+        return "model.pth"
+
+    def write(self, model: Any, file_path: str) -> None:
+        _framework("torch").save(model, file_path)
+
+    def read(self, file_path: str) -> Any:
+        return _framework("torch").load(file_path, weights_only=False)
+
+
+class TensorFlowSerde(ModelSerde):
+    """A Keras model as ``model.keras`` (Keras 3's format; Snowflake writes ``model.h5``)."""
+
+    @property
+    def filename(self) -> str:
+        return "model.keras"
+
+    def write(self, model: Any, file_path: str) -> None:
+        model.save(file_path)
+
+    def read(self, file_path: str) -> Any:
+        return _framework("keras").models.load_model(file_path)
+
+
+KerasSerde = TensorFlowSerde
+"""Another name of :class:`TensorFlowSerde`."""
+
+
+class XGBoostSerde(ModelSerde):
+    """An XGBoost ``Booster`` or scikit-learn estimator in XGBoost's JSON format
+    (``model.json``); an estimator comes back as its class (``XGBRegressor`` ...)."""
+
+    @property
+    def filename(self) -> str:
+        return "model.json"
+
+    def write(self, model: Any, file_path: str) -> None:
+        model.save_model(file_path)
+
+    def read(self, file_path: str) -> Any:
+        xgboost = _framework("xgboost")
+        booster = xgboost.Booster(model_file=file_path)
+        meta = booster.attr("scikit_learn")
+        if not meta:
+            return booster
+        kind = json.loads(meta).get("_estimator_type", "regressor")
+        classes = {
+            "classifier": xgboost.XGBClassifier,
+            "ranker": xgboost.XGBRanker,
+        }
+        estimator = classes.get(kind, xgboost.XGBRegressor)()
+        estimator.load_model(file_path)
+        return estimator
+
+
+class LightGBMSerde(ModelSerde):
+    """A LightGBM model in LightGBM's text format (``model.txt``); it comes back as a
+    ``lightgbm.Booster`` (a scikit-learn estimator's ``booster_``)."""
+
+    @property
+    def filename(self) -> str:
+        return "model.txt"
+
+    def write(self, model: Any, file_path: str) -> None:
+        booster = getattr(model, "booster_", model)
+        booster.save_model(file_path)
+
+    def read(self, file_path: str) -> Any:
+        return _framework("lightgbm").Booster(model_file=file_path)
