@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
+from typing import Any
 
 from mlruntime.runtime.context import Context, RankInfo
 from mlruntime.runtime.distributor import Backend
@@ -39,7 +40,11 @@ class TorchBackend(Backend):
         """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_*; on
         one machine gloo is kept on the loopback interface."""
         lo = "lo0" if sys.platform == "darwin" else "lo"
-        loopback = {"GLOO_SOCKET_IFNAME": lo} if master_addr.startswith("127.") else {}
+        loopback = (
+            {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo}
+            if master_addr.startswith("127.")
+            else {}
+        )
         return {
             **loopback,
             "RANK": str(rank.world_rank),
@@ -69,12 +74,13 @@ class TorchBackend(Backend):
         if dist.is_initialized():
             dist.destroy_process_group()
         backend = "nccl" if use_cuda else "gloo"
+        timeout = timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
         dist.init_process_group(
             backend=backend,
-            init_method=f"tcp://{context.get_master_addr()}:{context.get_master_port()}",
+            store=_rendezvous_store(context, timeout),
             rank=context.get_rank(),
             world_size=context.get_world_size(),
-            timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S),
+            timeout=timeout,
         )
         context.collective_backends = ("nccl", "gloo") if use_cuda else ("gloo",)
         process_group.install()
@@ -89,6 +95,43 @@ class TorchBackend(Backend):
         process_group.uninstall()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _rendezvous_store(context: Context, timeout: timedelta) -> Any:
+    """torch's rendezvous store, served by rank 0 at the master address.
+
+    torch's own ``TCPStore`` server listens on every interface whatever host it is given; on
+    one machine (a loopback master address) rank 0 hands it a socket it bound to loopback
+    itself, so the store is out of other machines' reach.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    host, port = context.get_master_addr(), context.get_master_port()
+    is_master = context.get_rank() == 0
+    world = context.get_world_size()
+    if not (is_master and host.startswith("127.")):
+        return dist.TCPStore(host, port, world, is_master, timeout, wait_for_workers=False)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(max(128, world))
+        store = dist.TCPStore(
+            host,
+            port,
+            world,
+            True,
+            timeout,
+            wait_for_workers=False,
+            master_listen_fd=listener.fileno(),
+        )
+    except BaseException:
+        listener.close()
+        raise
+    listener.detach()  # the store owns the socket now
+    return store
 
 
 class PyTorchDistributor(TrainFuncDistributor):

@@ -5,6 +5,7 @@ Ray is imported here, on first use, never by ``import mlruntime``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -106,9 +107,10 @@ def init(
     """Connect to Ray, starting an embedded local one when no cluster is named.
 
     In order: reuse the Ray this process is already connected to; connect to ``address``, or to
-    ``MLRUNTIME_ADDRESS`` / ``RAY_ADDRESS`` when set; otherwise start a local Ray bound to
-    loopback with the dashboard off and quiet logs. Every distributor calls this itself, so users
-    only call it to choose a cluster or pass options.
+    ``MLRUNTIME_ADDRESS`` / ``RAY_ADDRESS`` when set (with the cluster's token, found where Ray
+    looks for it); otherwise start a local Ray bound to loopback, behind a token kept in
+    ``MLRUNTIME_HOME``, with the dashboard off and quiet logs. Every distributor calls this
+    itself, so users only call it to choose a cluster or pass options.
 
     Args:
         address: A Ray address (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``).
@@ -123,7 +125,9 @@ def init(
 
     Raises:
         ConfigError: If Ray is already connected to a different address than the one asked,
-            or ``pip`` cannot be resolved (uv's message, before anything starts).
+            or ``pip`` cannot be resolved (uv's message, before anything starts), or the
+            cluster requires Ray's authentication token and none (or a wrong one) is found
+            in ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``.
     """
     global _started_by_us
     if storage is not None:
@@ -144,21 +148,32 @@ def init(
                 )
             return
         local = address is None and not os.environ.get("RAY_ADDRESS")
-        if local and "ray" not in sys.modules:
-            # Ray binds to the machine's routable IP unless told this is a single-host cluster.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
+
+        from mlruntime.runtime import security
 
         options: dict[str, Any] = {
             "logging_level": logging.WARNING,  # Ray's own warnings (OOM kills) stay visible
             "log_to_driver": True,
             "ignore_reinit_error": True,
         }
-        if local:
+        if local:  # loopback only, behind a token of MLRUNTIME_HOME (runtime/security.py)
             options["include_dashboard"] = False
+            options.update(security.prepare_local(ray_options))
+        else:
+            security.prepare_cluster(address or os.environ["RAY_ADDRESS"])
         options.update(ray_options)
-        ray.init(address=address, **options)
+        try:
+            with security.loopback_only() if local else contextlib.nullcontext():
+                # "local": a new embedded Ray, never one a `ray start` left on this machine
+                ray.init(address="local" if local else address, **options)
+        except Exception as exc:
+            if local or not security.is_auth_failure(exc):
+                raise
+            cluster = address or os.environ.get("RAY_ADDRESS")
+            token, source = security.find_token()
+            raise security.cluster_auth_error(cluster, source if token else None) from exc
         _started_by_us = local
 
 

@@ -62,6 +62,9 @@ class Checkpoint:
         """A checkpoint stored at ``uri`` (a folder :meth:`publish` wrote), read on first use,
         on whichever node asks: only the location travels.
 
+        A dict checkpoint is stored with pickle (``state.pkl``), which runs code when read:
+        load only checkpoints from storage you trust (your own jobs' run folders).
+
         Raises:
             ConfigError: If no complete checkpoint is stored there.
         """

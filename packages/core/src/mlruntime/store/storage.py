@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_HOME",
     "HOME_ENV",
+    "HOME_MODE",
     "STORAGE_ENV",
     "WRITE_MODES",
     "is_local",
@@ -43,10 +46,38 @@ HOME_ENV = "MLRUNTIME_HOME"
 """Environment variable of mlruntime's home folder (default ``~/.mlruntime``)."""
 
 
+DEFAULT_HOME = "~/.mlruntime"
+"""The home folder when ``MLRUNTIME_HOME`` is not set."""
+
+HOME_MODE = 0o700
+"""The home folder is the user's only: the warehouse, datasets, runs, checkpoints and the
+embedded Ray's token inside it are out of other users' reach."""
+
+_checked_homes: set[Path] = set()
+
+
 def mlruntime_home() -> Path:
-    """The home folder (``$MLRUNTIME_HOME`` or ``~/.mlruntime``), created if missing."""
-    home = Path(os.environ.get(HOME_ENV) or "~/.mlruntime").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    """The home folder (``$MLRUNTIME_HOME`` or ``~/.mlruntime``), created if missing.
+
+    A home this creates is readable by the user only (mode 0700), so everything jobs write
+    under it is too; the default ``~/.mlruntime`` is also narrowed to 0700 when an older
+    version made it wider. A folder the user names in ``MLRUNTIME_HOME`` that already exists
+    keeps the mode they gave it.
+
+    Returns:
+        The home folder.
+    """
+    named = os.environ.get(HOME_ENV)
+    home = Path(named or DEFAULT_HOME).expanduser()
+    if home in _checked_homes and home.is_dir():
+        return home
+    if not home.is_dir():
+        home.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
+    elif not named and sys.platform != "win32":
+        info = home.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            home.chmod(HOME_MODE)
+    _checked_homes.add(home)
     return home
 
 
