@@ -255,6 +255,23 @@ DRIVER = textwrap.dedent(
 )
 
 
+def _kill_processes_of_home(home: str) -> None:
+    """SIGKILL every process started with ``MLRUNTIME_HOME=home`` (a killed driver's Ray
+    workers may sit in their own sessions) and wait until they are gone, so no straggler
+    finishes a partition after the test has read the run's status."""
+    import psutil
+
+    victims = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("MLRUNTIME_HOME") == home:
+                proc.kill()
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    psutil.wait_procs(victims, timeout=30)
+
+
 def test_resume_after_the_driver_is_killed_reruns_only_unfinished_partitions(
     tmp_path: Path,
 ) -> None:
@@ -275,6 +292,7 @@ def test_resume_after_the_driver_is_killed_reruns_only_unfinished_partitions(
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once
     driver.wait()
+    _kill_processes_of_home(env["MLRUNTIME_HOME"])  # Ray workers outside the process group
     before = [p.name.split("-")[0] for p in marks.iterdir()]
     assert 8 <= len(before) < 24
     show = subprocess.run(

@@ -129,13 +129,9 @@ def nested_xgboost(timed: bool = False) -> None:
     ctx.report({"rmse": rmse, "workers": len(est.last_result.return_values), **times})
 
 
-def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Path) -> None:
-    pytest.importorskip("mlruntime_xgboost")
-    rng = np.random.default_rng(0)
-    x = rng.random((2000, 2))
-    session = mlruntime.Session(tmp_path / "w.duckdb")
-    session.create_table("t", {"x0": x[:, 0], "x1": x[:, 1], "y": x[:, 0] * 3 + x[:, 1]})
-    config = tune.TunerConfig(
+def nested_config() -> tune.TunerConfig:
+    """Grid trials that each drive a 2-worker x 1-CPU estimator."""
+    return tune.TunerConfig(
         metric="rmse",
         mode="min",
         search_alg=GridSearch(),
@@ -143,6 +139,15 @@ def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Pat
         resource_per_trial={"CPU": 2},
         verbose=False,
     )
+
+
+def test_a_trial_can_run_a_two_worker_estimator(ray_cluster: None, tmp_path: Path) -> None:
+    pytest.importorskip("mlruntime_xgboost")
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 2))
+    session = mlruntime.Session(tmp_path / "w.duckdb")
+    session.create_table("t", {"x0": x[:, 0], "x1": x[:, 1], "y": x[:, 0] * 3 + x[:, 1]})
+    config = nested_config()
     train = DataConnector.from_dataframe(session.table("t"))  # a DuckDB table: staged once
     result = tune.Tuner(nested_xgboost, {"max_depth": [2, 4]}, config).run({"train": train})
     frame = result.results
@@ -165,14 +170,7 @@ def test_trials_with_estimators_run_side_by_side_on_a_bigger_cluster(tmp_path: P
     rng = np.random.default_rng(0)
     x = rng.random((2000, 2))
     frame = pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "y": x[:, 0] * 3 + x[:, 1]})
-    config = tune.TunerConfig(
-        metric="rmse",
-        mode="min",
-        search_alg=GridSearch(),
-        uses_snowflake_trainer=True,
-        resource_per_trial={"CPU": 2},
-        verbose=False,
-    )
+    config = nested_config()
     with simulated_cluster([(2, 0), (2, 0)]):
         train = DataConnector.from_dataframe(frame)
         space = {"max_depth": [2, 3, 4, 5]}
