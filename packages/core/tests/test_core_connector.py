@@ -26,6 +26,33 @@ def test_to_pandas_all_and_limit(parquet_dir: Path) -> None:
         dc.to_pandas(limit=-1)
 
 
+def test_in_memory_tables_convert_without_a_reader_thread(
+    monkeypatch: pytest.MonkeyPatch, parquet_dir: Path
+) -> None:
+    """Slices of a table in memory are converted in the caller's thread (a many-model task
+    converts thousands of small partitions; a reader thread each cost more than the copy)."""
+    import threading
+
+    import pyarrow as pa
+
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    table = pa.table({"k": [1, None, 3], "x": [0.5, 1.5, 2.5], "s": ["a", "b", None]})
+    df = DataConnector.from_sources(table).to_pandas()
+    assert started == []
+    assert df["x"].tolist() == [0.5, 1.5, 2.5]
+    assert df["s"].tolist()[:2] == ["a", "b"]
+    assert np.isnan(df["k"][1]) and df["k"][2] == 3
+    DataConnector.from_sources(parquet_dir).to_pandas()  # files are still read ahead
+    assert started
+
+
 def test_batches_have_exact_size_and_span_file_boundaries(parquet_dir: Path) -> None:
     dc = DataConnector.from_sources(parquet_dir)
     batches = list(dc.to_batches(batch_size=64))

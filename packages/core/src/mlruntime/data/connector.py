@@ -30,7 +30,7 @@ from mlruntime.data.batching import (
 )
 from mlruntime.data.convert import column_to_numpy
 from mlruntime.data.inputs import DuckDBSource, source_from_object
-from mlruntime.data.sources import Fragment, Source, check_same_schema
+from mlruntime.data.sources import ArrowFragment, Fragment, Source, check_same_schema
 from mlruntime.data.worker import allgather as worker_allgather
 from mlruntime.data.worker import current_rank
 from mlruntime.errors import ColumnError, ConfigError, DataError, NotInWorkerError
@@ -403,6 +403,8 @@ class DataConnector:
     # -- outputs ----------------------------------------------------------------------------
 
     def _tables(self, pieces: Sequence[Piece], depth: int = 2) -> Iterator[pa.Table]:
+        if all(isinstance(p.fragment, ArrowFragment) for p in pieces):
+            depth = 0  # slices of a table in memory: a reader thread would only add its start
         return prefetch(read_pieces(pieces, self._columns), depth=depth)
 
     def iter_tables(
