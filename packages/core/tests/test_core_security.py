@@ -165,3 +165,63 @@ def test_rays_authentication_errors_are_recognised() -> None:
     wrapped.__cause__ = cause
     assert security.is_auth_failure(wrapped)
     assert not security.is_auth_failure(ConnectionError("Failed to connect"))
+
+
+FILES_DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    import pandas as pd
+    import mlruntime
+    from mlruntime.partition import DPF
+    from mlruntime.store.session import Session
+
+    os.umask(0o022)  # a usual umask: files 0644, folders 0755 unless mlruntime narrows them
+    mlruntime.init(num_cpus=2)
+    frame = pd.DataFrame({"K": [1, 1, 2, 2, 3], "X": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    with Session() as session:  # the warehouse
+        session.write_pandas(frame, "T", auto_create_table=True)
+        session.sql("CREATE TABLE U AS SELECT * FROM T")
+    mlruntime.create_from_dataframe("frames", "v1", frame)  # a dataset version
+
+    def summarize(data, context):  # runs in Ray workers: run state and artifacts
+        context.upload(float(data.to_pandas()["X"].sum()), "total.pkl")
+
+    run = DPF(summarize).run("K", frame, run_id="r1")
+    assert run.wait(show_progress=False).name == "SUCCESS"
+    with open(sys.argv[1], "w") as handle:  # the user's own file, outside the home
+        handle.write("mine")
+    mlruntime.shutdown()
+    """
+)
+
+
+def test_what_a_local_job_writes_in_the_home_is_the_users_only(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    script = tmp_path / "driver.py"
+    script.write_text(FILES_DRIVER)
+    outside = tmp_path / "outside.txt"
+    done = subprocess.run(
+        [sys.executable, str(script), str(outside)],
+        env=_clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modes = {
+        str(path.relative_to(home)): stat.S_IMODE(path.lstat().st_mode)
+        for path in home.rglob("*")
+        if not path.is_symlink()
+    }
+    files = {name: mode for name, mode in modes.items() if (home / name).is_file()}
+    folders = {name: mode for name, mode in modes.items() if (home / name).is_dir()}
+    # every kind of file a job writes is there: the check below covers them all
+    assert "warehouse.duckdb" in files
+    assert any(name.endswith(".parquet") for name in files), sorted(files)
+    assert any(name.endswith("total.pkl") for name in files), sorted(files)
+    assert any("results" in name for name in files), sorted(files)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert {n: m for n, m in files.items() if m != 0o600} == {}
+    assert {n: m for n, m in folders.items() if m != 0o700} == {}
+    # the driver's umask is the user's again: their own files keep their usual mode
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644

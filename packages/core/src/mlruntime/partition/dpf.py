@@ -22,6 +22,7 @@ from mlruntime.partition.layout import RunFolder, encode_id, register_run, runs_
 from mlruntime.partition.planning import make_batches, open_input
 from mlruntime.partition.run import STALE_S, DPFRun, RunView, _Monitor
 from mlruntime.partition.worker import BatchTask, run_batch
+from mlruntime.store import storage
 
 __all__ = ["DPF"]
 
@@ -130,7 +131,8 @@ class DPF:
         tasks: list[BatchTask] = []
         if source.parquet is None:
             started = time.perf_counter()
-            uris = source.stage(partition_by, parts, batch_of, folder, gen) if batches else {}
+            with storage.private_files(folder.uri):
+                uris = source.stage(partition_by, parts, batch_of, folder, gen) if batches else {}
             logger.info("staged %d partitions in %.2fs", len(todo), time.perf_counter() - started)
         for b, members in enumerate(batches):
             task = BatchTask(
@@ -190,8 +192,6 @@ class DPF:
         import fnmatch
 
         import pyarrow.fs as pafs
-
-        from mlruntime.store import storage
 
         options = self._options(execution_options)
         run_id = _check_run_id(run_id)
@@ -280,7 +280,6 @@ class DPF:
             raise ConfigError(
                 f"on_existing_artifacts must be one of {', '.join(ON_EXISTING)}, got {mode!r}"
             )
-        from mlruntime.store import storage
 
         folder = RunFolder(storage.join(runs_root(self.storage_prefix), encode_id(run_id)))
         old = folder.read_json("run.json")

@@ -188,15 +188,16 @@ class RunFolder:
         """Write one file; readers never see it half-written (rename on local disks, and
         object stores publish on close)."""
         path = self.file(rel)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        if self.local:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with self.fs.open_output_stream(tmp) as out:
-                out.write(data)
-            os.replace(tmp, path)
-        else:
-            with self.fs.open_output_stream(path) as out:
-                out.write(data)
+        with storage.private_files(self.uri):
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+            if self.local:
+                tmp = f"{path}.tmp-{os.getpid()}"
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                os.replace(tmp, path)
+            else:
+                with self.fs.open_output_stream(path) as out:
+                    out.write(data)
 
     def read_bytes(self, rel: str) -> bytes | None:
         """One file's bytes, or ``None`` when it is missing."""

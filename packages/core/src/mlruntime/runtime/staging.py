@@ -248,6 +248,16 @@ class StagedInputs:
         name: str,
         label: str,
     ) -> Source:
+        with storage.private_files(self.folder):  # inside mlruntime's home: 0700 / 0600
+            return self._write_parquet(parts, schema, name, label)
+
+    def _write_parquet(
+        self,
+        parts: Iterable[pa.Table | pa.RecordBatch],
+        schema: pa.Schema,
+        name: str,
+        label: str,
+    ) -> Source:
         import pyarrow.parquet as pq
 
         folder = storage.join(self.folder, f"{name}-{uuid.uuid4().hex[:8]}")

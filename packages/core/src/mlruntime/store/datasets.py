@@ -309,15 +309,16 @@ class VersionWriter:
                 "create a new version"
             )
         self.tag = uuid.uuid4().hex[:8]
-        if self.local:
-            parent = Path(root) / name
-            parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_staging(parent, ".staging-*", STALE_STAGING_SECONDS)
-            self.staging = str(new_staging(parent, version))
-        else:
-            self.staging = self.final  # parts in place; invisible until the manifest exists
-        self.fs, self._staging_path = storage.resolve(self.staging)
-        self.fs.create_dir(self._staging_path, recursive=True)
+        with storage.private_files(self.final):  # inside mlruntime's home: 0700 / 0600
+            if self.local:
+                parent = Path(root) / name
+                parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_staging(parent, ".staging-*", STALE_STAGING_SECONDS)
+                self.staging = str(new_staging(parent, version))
+            else:
+                self.staging = self.final  # parts in place; invisible until the manifest exists
+            self.fs, self._staging_path = storage.resolve(self.staging)
+            self.fs.create_dir(self._staging_path, recursive=True)
         self.schema: pa.Schema | None = None
         self._parts: list[str] = []
 
@@ -332,7 +333,8 @@ class VersionWriter:
             raise DataError(f"part {part} has schema {table.schema}, expected {self.schema}")
         name = self._part_name(part)
         path = f"{self._staging_path}/{name}"
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, filesystem=self.fs)
+        with storage.private_files(self.final):
+            pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, filesystem=self.fs)
         self._parts.append(name)
 
     def add_staged(self, name: str) -> None:
@@ -404,7 +406,10 @@ class VersionWriter:
         }
         payload = json.dumps(manifest, indent=2).encode()
         if self.local:
-            with open(os.path.join(self.staging, MANIFEST), "wb") as handle:
+            with (
+                storage.private_files(self.final),
+                open(os.path.join(self.staging, MANIFEST), "wb") as handle,
+            ):
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())

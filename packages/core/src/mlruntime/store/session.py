@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from mlruntime.errors import ConfigError, DatasetExistsError, QueryError, TableNotFoundError
 from mlruntime.store.dataframe import DataFrame
-from mlruntime.store.storage import HOME_ENV, WRITE_MODES, mlruntime_home
+from mlruntime.store.storage import HOME_ENV, WRITE_MODES, mlruntime_home, private_files
 
 __all__ = ["HOME_ENV", "TABLE_WRITE_MODES", "Session", "get_active_session", "mlruntime_home"]
 
@@ -82,7 +82,10 @@ class Session:
         if snowflake_identifiers is None:
             snowflake_identifiers = os.environ.get(SNOWFLAKE_IDENTIFIERS_ENV, "") == "1"
         self.snowflake_identifiers = snowflake_identifiers
-        self.connection = duckdb.connect(self.path, read_only=read_only)
+        # the warehouse (and the WAL and spill files DuckDB makes beside it when queries write)
+        # is the user's only inside mlruntime's home
+        with private_files(self.path):
+            self.connection = duckdb.connect(self.path, read_only=read_only)
         self._lock = threading.RLock()
 
     def __enter__(self) -> Session:
@@ -143,7 +146,8 @@ class Session:
         if not isinstance(query, str) or not query.strip():
             raise QueryError("the SQL query is empty")
         try:
-            return DataFrame(self.connection.sql(query, params=params), self)
+            with private_files(self.path):
+                return DataFrame(self.connection.sql(query, params=params), self)
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {exc}\n  query: {query}") from exc
 
@@ -248,6 +252,10 @@ class Session:
             DatasetExistsError: If the table exists and mode is ``"error"``.
             QueryError: If the write fails; the table keeps its previous content.
         """
+        with private_files(self.path):
+            return self._create_table(name, data, mode)
+
+    def _create_table(self, name: str, data: Any, mode: str) -> DataFrame:
         if mode not in TABLE_WRITE_MODES:
             raise ConfigError(f"mode must be one of {TABLE_WRITE_MODES}, got {mode!r}")
         target = quote_identifier(name)

@@ -89,7 +89,8 @@ class SinkTransaction:
         table = _as_table(data)
         uri = storage.join(self.staging, self._part_name(part))
         fs, path = storage.resolve(uri)
-        pq.write_table(table, path, filesystem=fs)
+        with storage.private_files(uri):
+            pq.write_table(table, path, filesystem=fs)
         return uri
 
     def _part_paths(self) -> tuple[Any, list[str]]:

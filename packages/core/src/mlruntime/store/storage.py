@@ -10,9 +10,12 @@ driver. These helpers take URIs or local paths alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,15 @@ __all__ = [
     "DEFAULT_HOME",
     "HOME_ENV",
     "HOME_MODE",
+    "PRIVATE_UMASK",
     "STORAGE_ENV",
     "WRITE_MODES",
     "is_local",
+    "is_private",
     "join",
     "makedirs",
     "mlruntime_home",
+    "private_files",
     "read_bytes",
     "remove",
     "resolve",
@@ -53,7 +59,13 @@ HOME_MODE = 0o700
 """The home folder is the user's only: the warehouse, datasets, runs, checkpoints and the
 embedded Ray's token inside it are out of other users' reach."""
 
+PRIVATE_UMASK = 0o077
+"""Bits taken away from what mlruntime creates in private places: files 0600, folders 0700."""
+
 _checked_homes: set[Path] = set()
+_umask_lock = threading.Lock()
+_umask_depth = 0
+_umask_saved = 0
 
 
 def mlruntime_home() -> Path:
@@ -98,6 +110,46 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def is_private(uri: str) -> bool:
+    """Whether ``uri`` lies inside mlruntime's home on this machine (then what mlruntime
+    writes there is the user's only; a storage the user chose elsewhere keeps their umask)."""
+    if sys.platform == "win32" or not is_local(uri):
+        return False
+    path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    home = os.path.abspath(mlruntime_home())
+    return path == home or path.startswith(home + os.sep)
+
+
+@contextlib.contextmanager
+def private_files(uri: str | None = None) -> Iterator[None]:
+    """While inside, files this process creates get mode 0600 and folders 0700 (the umask
+    gains :data:`PRIVATE_UMASK`), when ``uri`` is inside mlruntime's home (``None``: always).
+
+    The umask belongs to the process, so files other threads create meanwhile are private
+    too (never wider). Blocks nest and may overlap across threads: the user's umask comes back
+    when the last one leaves. Processes started inside (Ray's raylet and workers) keep it.
+
+    Args:
+        uri: Where the block writes; outside the home nothing changes.
+    """
+    global _umask_depth, _umask_saved
+    if sys.platform == "win32" or (uri is not None and not is_private(uri)):
+        yield
+        return
+    with _umask_lock:
+        if _umask_depth == 0:
+            _umask_saved = os.umask(PRIVATE_UMASK)
+            os.umask(_umask_saved | PRIVATE_UMASK)
+        _umask_depth += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_depth -= 1
+            if _umask_depth == 0:
+                os.umask(_umask_saved)
+
+
 def resolve(uri: str) -> tuple[Any, str]:
     """``(pyarrow filesystem, path inside it)`` for a URI or a local path."""
     import pyarrow.fs as pafs
@@ -116,19 +168,22 @@ def join(uri: str, *parts: str) -> str:
 
 
 def makedirs(uri: str) -> None:
-    """Create the folder ``uri`` and its parents (a no-op on object stores that have none)."""
+    """Create the folder ``uri`` and its parents (a no-op on object stores that have none);
+    inside mlruntime's home it is the user's only (0700)."""
     fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
+    with private_files(uri):
+        fs.create_dir(path, recursive=True)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one file."""
+    """Write one file (inside mlruntime's home: mode 0600, new folders 0700)."""
     fs, path = resolve(uri)
     parent = posixpath.dirname(path)
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(data)
+    with private_files(uri):
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
 
 
 def read_bytes(uri: str) -> bytes:

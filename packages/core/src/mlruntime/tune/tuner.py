@@ -312,7 +312,8 @@ class Tuner:
                 )
             if config.verbose:
                 print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
-            grid = tuner.fit()
+            with storage.private_files(root):  # the run's state, inside mlruntime's home
+                grid = tuner.fit()
         return _results(grid, path, self.config)
 
     def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
