@@ -249,3 +249,27 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     # trials that finished before the kill were not run again: at most the one running at the
     # kill ran twice
     assert sum(starts.values()) <= 7 and set(starts) == {str(x) for x in range(6)}
+
+
+def xgboost_trial() -> None:
+    import xgboost as xgb
+
+    ctx = get_tuner_context()
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 2))
+    data = xgb.DMatrix(x, label=x[:, 0] * ctx.get_hyper_params()["scale"])
+    booster = xgb.train({"max_depth": 2}, data, num_boost_round=3)
+    ctx.report({"loss": float(ctx.get_hyper_params()["scale"])}, model=booster)
+
+
+def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> None:
+    import xgboost as xgb
+
+    from mlruntime.store.model_files import DESCRIPTION_FILE
+
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    result = tune.Tuner(xgboost_trial, {"scale": [1.0, 2.0]}, config).run()
+    assert isinstance(result.best_model, xgb.Booster)
+    stored = sorted(p.name for p in Path(result.path).rglob("*") if p.name.startswith("model"))
+    assert stored and all(name == "model.ubj" for name in stored), stored
+    assert any(Path(result.path).rglob(DESCRIPTION_FILE))

@@ -10,6 +10,7 @@ import importlib
 import json
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -62,17 +63,45 @@ class PickleSerde(ModelSerde):
 
 
 class TorchSerde(ModelSerde):
-    """A PyTorch module, saved whole with ``torch.save`` as ``model.pth``."""
+    """A PyTorch module.
+
+    Without ``model_factory`` (Snowflake's behaviour) the module is saved whole with
+    ``torch.save`` as ``model.pth``: loading it unpickles, which runs code, so load only runs
+    you trust. With ``model_factory`` (a function returning a new module of the same
+    architecture) only the weights are saved, as ``model.safetensors`` where safetensors is
+    installed (else a ``state_dict`` in ``model.pt``, read with ``weights_only=True``), and
+    loading runs no stored code.
+
+    Args:
+        model_factory: Builds the module the weights are loaded into.
+    """
+
+    def __init__(self, model_factory: Callable[[], Any] | None = None) -> None:
+        from mlruntime.store.model_files import torch_weights_file
+
+        self.model_factory = model_factory
+        self._weights_file = torch_weights_file() if model_factory is not None else None
 
     @property
     def filename(self) -> str:
-        return "model.pth"
+        return self._weights_file or "model.pth"
 
     def write(self, model: Any, file_path: str) -> None:
-        _framework("torch").save(model, file_path)
+        if self.model_factory is None:
+            _framework("torch").save(model, file_path)
+            return
+        from mlruntime.store.model_files import save_torch_weights
+
+        save_torch_weights(model, file_path)
 
     def read(self, file_path: str) -> Any:
-        return _framework("torch").load(file_path, weights_only=False)
+        if self.model_factory is None:
+            return _framework("torch").load(file_path, weights_only=False)
+        from mlruntime.store.model_files import load_torch_weights
+
+        module = self.model_factory()
+        module.load_state_dict(load_torch_weights(file_path))
+        return module
 
 
 class TensorFlowSerde(ModelSerde):

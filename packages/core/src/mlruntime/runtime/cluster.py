@@ -165,12 +165,12 @@ def init(
             security.prepare_cluster(address or os.environ["RAY_ADDRESS"])
         options.update(ray_options)
         try:
-            from mlruntime.store import storage
+            from mlruntime.store import storage as store
 
             # a local Ray's processes (raylet, workers) keep the umask they start with: what
             # jobs write inside mlruntime's home is the user's only (files 0600, folders 0700)
             with (
-                storage.private_files(storage.storage_uri()) if local else contextlib.nullcontext(),
+                store.private_files(store.storage_uri()) if local else contextlib.nullcontext(),
                 security.loopback_only() if local else contextlib.nullcontext(),
             ):
                 # "local": a new embedded Ray, never one a `ray start` left on this machine

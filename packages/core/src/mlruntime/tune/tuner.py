@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import tempfile
 import time
 import uuid
@@ -37,9 +36,6 @@ logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "mlruntime_tuner.json"
 """The run's metric and mode, kept with Tune's state so ``Tuner.restore`` needs no config."""
-
-MODEL_FILE = "model.pkl"
-"""A reported model's file inside its Tune checkpoint (pickle: trusted input only)."""
 
 
 @dataclass
@@ -120,7 +116,9 @@ class TunerContext:
 
     def report(self, metrics: dict[str, Any], model: Any = None) -> None:
         """Report metrics (one round/epoch) and optionally the model (kept for the best trial:
-        ``TunerResults.best_model``; stored pickled, so load only your own results).
+        ``TunerResults.best_model``). XGBoost and LightGBM boosters and XGBoost estimators
+        are stored in their own format, Keras models as ``.keras``; other models (PyTorch
+        modules, scikit-learn estimators) are pickled, so load only your own results.
 
         Raises:
             ConfigError: If ``metrics`` is not a dict.
@@ -133,9 +131,11 @@ class TunerContext:
         if model is None:
             tune.report(dict(metrics))
             return
+        from mlruntime.store.model_files import save_model
+
         with tempfile.TemporaryDirectory() as folder:
-            with open(os.path.join(folder, MODEL_FILE), "wb") as handle:
-                pickle.dump(model, handle)
+            # XGBoost / LightGBM / Keras in their own formats; other models pickled
+            save_model(model, folder, torch_weights=False)
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -402,11 +402,10 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
         best = grid.get_best_result(metric=metric, mode=config.mode, scope="last")
         checkpoint = best.checkpoint
         if checkpoint is not None:
+            from mlruntime.store.model_files import load_model
+
             with checkpoint.as_directory() as folder:
-                model_path = os.path.join(folder, MODEL_FILE)
-                if os.path.exists(model_path):
-                    with open(model_path, "rb") as handle:
-                        best_model = pickle.load(handle)
+                best_model = load_model(folder)
     return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
 
 
