@@ -1,0 +1,146 @@
+"""Benchmark: XGBoost and LightGBM with mlruntime's default scaling against one plain process.
+
+The speed issue's GBDT figures: 1,000,000 rows x 20 float32 features in 4 Parquet files
+(bench_xgboost's data), 50 rounds, train rmse every round, Ray already up. ``XGBEstimator`` /
+``LightGBMEstimator`` with no scaling config (on one node: one worker with every CPU), against
+the plain framework in one process with as many threads, reading the same files inside its
+timing (``pyarrow.parquet.read_table`` into one float32 matrix, then ``QuantileDMatrix`` /
+``lightgbm.Dataset`` and ``train``):
+
+- cold: the first fit after Ray is up (no warm worker: new process, imports, placement);
+- warm: the next fit (the worker kept warm between jobs is reused);
+- training phase: the boosting rounds alone (ours: the "training" phase rank 0 reports;
+  the baseline: ``train`` after its matrix is built; LightGBM bins its data inside ``train``,
+  so for it the baseline's ``Dataset.construct()`` is counted too).
+
+Targets (issue: speed on big nodes and GPUs): cold <= 1.3x, warm <= 1.05x, training phase
+<= 1.1x. Nothing is asserted.
+
+Run: ``.venv/bin/python tools/bench/bench_gbdt_auto.py [--rows N] [--rounds R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_data import init_ray, read_matrix
+from bench_xgboost import FEATURES, make_data
+
+XGB_PARAMS = {"tree_method": "hist", "max_depth": 6, "objective": "reg:squarederror", "seed": 0}
+LGB_PARAMS = {"objective": "regression", "num_leaves": 31, "verbose": -1, "seed": 0}
+
+
+def plain(framework: str, paths: list[str], rounds: int, threads: int) -> dict[str, float]:
+    """One process: read, build the matrix, boost; seconds of each."""
+    started = time.perf_counter()
+    x, y = read_matrix(paths, FEATURES, "label")
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    if framework == "xgboost":
+        import xgboost as xgb
+
+        data = xgb.QuantileDMatrix(x, label=y, nthread=threads)
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        xgb.train(
+            {**XGB_PARAMS, "nthread": threads},
+            data,
+            rounds,
+            evals=[(data, "train")],
+            verbose_eval=False,
+        )
+    else:
+        import lightgbm as lgb
+
+        dataset = lgb.Dataset(x, label=y, params={"verbose": -1, "num_threads": threads})
+        dataset.construct()
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        lgb.train(
+            {**LGB_PARAMS, "num_threads": threads, "metric": "rmse"},
+            dataset,
+            rounds,
+            valid_sets=[dataset],
+            valid_names=["train"],
+        )
+    boost_s = time.perf_counter() - started
+    return {"read": read_s, "build": build_s, "boost": boost_s}
+
+
+def ours(framework: str, folder: Path, rounds: int) -> tuple[float, dict[str, float]]:
+    """One fit with the default scaling: (wall seconds, phase timings)."""
+    from mlruntime import DataConnector
+
+    if framework == "xgboost":
+        from mlruntime_xgboost import XGBEstimator
+
+        params = {k: v for k, v in XGB_PARAMS.items() if k != "objective"}
+        est: Any = XGBEstimator(n_estimators=rounds, params=params, verbose=False)
+    else:
+        from mlruntime_lightgbm import LightGBMEstimator
+
+        params = {k: v for k, v in LGB_PARAMS.items() if k != "objective"}
+        est = LightGBMEstimator(n_estimators=rounds, params=params, verbose=False)
+    started = time.perf_counter()
+    est.fit(DataConnector.from_sources(str(folder)), FEATURES, "label")
+    return time.perf_counter() - started, dict(est.last_result.timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--frameworks", default="xgboost,lightgbm")
+    args = parser.parse_args()
+    os.environ.setdefault("MLRUNTIME_QUIET", "1")
+    os.environ.setdefault("MLRUNTIME_HOME", tempfile.mkdtemp(prefix="bench-gbdt-"))
+    folder = Path(tempfile.gettempdir()) / f"mlruntime-bench-xgb-{args.rows}"
+    paths = make_data(folder, args.rows)
+    cpus = init_ray()
+    from mlruntime.runtime.distributor import release_idle_groups
+
+    print(f"{args.rows:,} rows x {len(FEATURES)}, {args.rounds} rounds, {cpus} CPUs, Ray up")
+    rows = []
+    for framework in args.frameworks.split(","):
+        base = plain(framework, paths, args.rounds, cpus)
+        release_idle_groups()  # cold: no worker kept warm by an earlier job
+        cold, cold_phases = ours(framework, folder, args.rounds)
+        warm, phases = ours(framework, folder, args.rounds)
+        whole = base["read"] + base["build"] + base["boost"]
+        print(
+            f"{framework}: one process read {base['read']:.2f}s + build {base['build']:.2f}s "
+            f"+ boost {base['boost']:.2f}s = {whole:.2f}s; ours cold {cold:.2f}s, warm "
+            f"{warm:.2f}s"
+        )
+        for name, timings in (("cold", cold_phases), ("warm", phases)):
+            print(
+                f"  ours {name} phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
+            )
+        training = phases.get("training")
+        rows.append((framework, "cold fit / one process", cold / whole, 1.3))
+        rows.append((framework, "warm fit / one process", warm / whole, 1.05))
+        if training is not None:
+            # LightGBM bins its data inside train(): its training phase holds the build too
+            plain_training = base["boost"] + (base["build"] if framework == "lightgbm" else 0)
+            what = (
+                "training phase / build+boost"
+                if framework == "lightgbm"
+                else ("training phase / boosting")
+            )
+            rows.append((framework, what, training / plain_training, 1.1))
+    print("\nratios, ours / one process with the same threads (lower is better):")
+    for framework, what, ratio, target in rows:
+        verdict = "ok" if ratio <= target else "MISSED"
+        print(f"  {framework:<9} {what:<28} {ratio:5.2f}  (target <= {target}) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
