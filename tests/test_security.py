@@ -146,13 +146,19 @@ UPSTREAM_BINDS_ALL = {
     "tensorflow": "TensorFlow's gRPC server binds 0.0.0.0:<port> whatever the cluster spec "
     "says (grpc_server_lib.cc, GrpcServer::Init)",
 }
+"""Frameworks whose listeners only mlruntime's loopback library (runtime/loopback.py) keeps
+on loopback; where it cannot be built (no C compiler) they listen on every interface."""
+
+
+NARROWED = sys.platform.startswith("linux") and shutil.which("cc") is not None
+"""Whether the library can be built here (Linux with a C compiler)."""
 
 
 @pytest.mark.parametrize(
     "trainer",
     [
         pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=UPSTREAM_BINDS_ALL[t]))
-        if t in UPSTREAM_BINDS_ALL
+        if t in UPSTREAM_BINDS_ALL and not NARROWED
         else t
         for t in TRAINERS
     ],

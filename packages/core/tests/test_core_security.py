@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -225,3 +226,58 @@ def test_what_a_local_job_writes_in_the_home_is_the_users_only(tmp_path: Path) -
     assert {n: m for n, m in folders.items() if m != 0o700} == {}
     # the driver's umask is the user's again: their own files keep their usual mode
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+
+
+BINDS = textwrap.dedent(
+    """
+    import json, socket
+    seen = []
+    any4 = socket.socket(socket.AF_INET)
+    any4.bind(("0.0.0.0", 0))
+    seen.append(any4.getsockname()[0])
+    dual = socket.socket(socket.AF_INET6)
+    dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dual.bind(("::", 0))
+    dual.listen()
+    seen.append(dual.getsockname()[0])
+    socket.create_connection(("127.0.0.1", dual.getsockname()[1])).close()  # peers still connect
+    only6 = socket.socket(socket.AF_INET6)
+    only6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    only6.bind(("::", 0))
+    seen.append(only6.getsockname()[0])
+    chosen = socket.socket(socket.AF_INET)
+    chosen.bind(("127.0.0.1", 0))
+    seen.append(chosen.getsockname()[0])
+    print(json.dumps(seen))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("cc") is None,
+    reason="the loopback library is built on Linux with a C compiler",
+)
+def test_the_loopback_library_turns_binds_to_any_address_into_loopback(tmp_path: Path) -> None:
+    from mlruntime.runtime import loopback
+
+    env = _clean_env(tmp_path / "home")
+    os.environ["MLRUNTIME_HOME"], old = str(tmp_path / "home"), os.environ.get("MLRUNTIME_HOME")
+    try:
+        library = loopback.loopback_library()
+        assert library is not None and library.startswith(str(tmp_path / "home"))
+        assert stat.S_IMODE(os.stat(library).st_mode) & 0o077 == 0
+        merged = loopback.with_loopback_binds({"env_vars": {"A": "1"}, "pip": ["x"]})
+        assert merged is not None and merged["pip"] == ["x"] and merged["env_vars"]["A"] == "1"
+        assert merged["env_vars"]["LD_PRELOAD"].split()[0] == library
+    finally:
+        if old is None:
+            os.environ.pop("MLRUNTIME_HOME")
+        else:
+            os.environ["MLRUNTIME_HOME"] = old
+    run = [sys.executable, "-c", BINDS]
+    narrowed = subprocess.run(
+        run, env={**env, "LD_PRELOAD": library}, capture_output=True, text=True, check=True
+    )
+    assert json.loads(narrowed.stdout) == ["127.0.0.1", "::ffff:127.0.0.1", "::1", "127.0.0.1"]
+    plain = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(plain.stdout) == ["0.0.0.0", "::", "::", "127.0.0.1"]

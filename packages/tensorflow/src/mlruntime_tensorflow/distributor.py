@@ -31,6 +31,7 @@ class TensorFlowBackend(Backend):
     """``TF_CONFIG`` with a free port per worker; TensorFlow's thread pools sized to the CPUs."""
 
     name = "tensorflow"
+    binds_all_interfaces = True  # its listeners take no address: narrowed in local jobs
     reuse_workers = False  # a process cannot configure TF's collectives for a second cluster
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:

@@ -184,6 +184,11 @@ def init(
         _started_by_us = local
 
 
+def started_locally() -> bool:
+    """Whether this process started the Ray it uses (the embedded, loopback-only one)."""
+    return _started_by_us and is_initialized()
+
+
 def _same_cluster(address: str) -> bool:
     import ray
 

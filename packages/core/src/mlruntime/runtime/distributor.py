@@ -18,7 +18,7 @@ from typing import Any
 
 from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, WorkerError
-from mlruntime.runtime.cluster import check_storage_reachable
+from mlruntime.runtime.cluster import check_storage_reachable, started_locally
 from mlruntime.runtime.context import (
     Checkpoint,
     Context,
@@ -26,6 +26,7 @@ from mlruntime.runtime.context import (
     get_context,
     prune_checkpoints,
 )
+from mlruntime.runtime.loopback import with_loopback_binds
 from mlruntime.runtime.packages import current_packages, prepare_runtime_env, worker_packages
 from mlruntime.runtime.progress import Progress
 from mlruntime.runtime.scaling import (
@@ -52,6 +53,11 @@ class Backend:
     reuse_workers = True
     """Whether a finished job's workers may serve the next job of the same shape. ``False`` for
     frameworks whose process-wide state cannot be set up twice (TensorFlow's collectives)."""
+
+    binds_all_interfaces = False
+    """Whether the framework's own sockets bind every interface whatever address it is given
+    (XGBoost's collective, TensorFlow's gRPC server): then, in a local job with several
+    workers, the workers start with binds narrowed to loopback (:mod:`~.loopback`)."""
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         """Runs on the driver before each attempt, with the placed group (its ``scaling``,
@@ -361,6 +367,8 @@ class Distributor:
 
             progress.phase("packages", "installing worker packages")
             runtime_env = prepare_runtime_env(packages, get_nodes())
+        if self.backend.binds_all_interfaces and scaling.num_workers > 1 and started_locally():
+            runtime_env = with_loopback_binds(runtime_env)
         run_dir = os.fspath(artifact_location) if artifact_location else _default_run_dir(self.name)
         check_storage_reachable(run_dir)
         storage.makedirs(run_dir)
