@@ -41,6 +41,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def generate_token(env: dict[str, str], home: Path) -> str:
+    """A new token from ``ray get-auth-token --generate``, run with ``HOME=home`` so the real
+    user's ``~/.ray/auth_token`` is neither read nor written; the file it leaves there is
+    removed (drivers and nodes get the token only where they are told)."""
+    home.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [str(RAY), "get-auth-token", "--generate"],
+        env={**env, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (home / ".ray" / "auth_token").unlink(missing_ok=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     from moto.server import ThreadedMotoServer
@@ -68,18 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         "MLRUNTIME_QUIET": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    token = (
-        subprocess.run(
-            [str(RAY), "get-auth-token", "--generate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    env["RAY_AUTH_TOKEN"] = token
+    env["RAY_AUTH_TOKEN"] = generate_token(env, tmp_path_factory.mktemp("token-home"))
     port = _free_port()
     # Give the nodes' addresses to the loopback interface, as a real node's address is on one
     # of its interfaces: LightGBM finds its own rank in the machine list by its interfaces'

@@ -183,18 +183,7 @@ def token_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     home = folder / "user-home"  # so no ~/.ray/auth_token of the real user is read or made
     home.mkdir()
     env = _clean_env(HOME=str(home), RAY_AUTH_MODE="token")
-    token = (
-        subprocess.run(
-            [str(CLUSTER.RAY), "get-auth-token", "--generate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    (home / ".ray" / "auth_token").unlink()  # drivers find the token only where told
+    token = CLUSTER.generate_token(env, home)  # drivers find the token only where told
     port = CLUSTER._free_port()
     try:
         subprocess.run(

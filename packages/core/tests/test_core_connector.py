@@ -106,6 +106,8 @@ def test_to_ray_dataset_has_every_row(parquet_dir: Path, ray_cluster: None) -> N
     assert sorted(ds.to_pandas()["id"].tolist()) == list(range(300))
     from_mem = DataConnector.from_dataframe(sample_table(0, 50)).to_ray_dataset()
     assert from_mem.count() == 50
+    picked = DataConnector.from_sources(parquet_dir).select(["x", "id"]).to_ray_dataset()
+    assert picked.columns() == ["x", "id"] and picked.count() == 300
 
 
 def test_missing_adapter_names_the_extra_to_install() -> None:

@@ -132,7 +132,10 @@ def to_ray_dataset(connector: DataConnector) -> Any:
     ):
         files = [f for s in sources for f in s.files]  # type: ignore[attr-defined]
         fs = pieces[0].fragment.filesystem  # type: ignore[attr-defined]
-        return ray.data.read_parquet(files, filesystem=fs, columns=connector.columns)
+        dataset = ray.data.read_parquet(files, filesystem=fs)
+        if connector._columns is None:
+            return dataset
+        return dataset.select_columns(connector.columns)  # pushed down to the scan by Ray
     if not connector.is_shard and len(sources) == 1 and isinstance(sources[0], DuckDBSource):
         # Stream the query into the object store batch by batch (the driver never holds it).
         relation = sources[0].relation
