@@ -273,3 +273,8 @@ def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> N
     stored = sorted(p.name for p in Path(result.path).rglob("*") if p.name.startswith("model"))
     assert stored and all(name == "model.ubj" for name in stored), stored
     assert any(Path(result.path).rglob(DESCRIPTION_FILE))
+    # Tune's JSON/CSV results are kept; its TensorBoard logger (tensorboardX -> torch, 3 s of
+    # the driver's start) is not added
+    assert len(list(Path(result.path).rglob("result.json"))) == 2
+    assert len(list(Path(result.path).rglob("progress.csv"))) == 2
+    assert not list(Path(result.path).rglob("events.out.tfevents*"))

@@ -11,12 +11,13 @@ finished trials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,7 +313,7 @@ class Tuner:
                 )
             if config.verbose:
                 print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
-            with storage.private_files(root):  # the run's state, inside mlruntime's home
+            with storage.private_files(root), _without_tensorboard():
                 grid = tuner.fit()
         return _results(grid, path, self.config)
 
@@ -342,7 +343,12 @@ class Tuner:
             num_samples=1 if grid else config.num_trials,
             reuse_actors=True,
         )
-        callbacks = [_ProgressLine(config.metric, config.mode)] if config.verbose else []
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        # Tune's JSON and CSV results of each trial, not its TensorBoard one (_without_tensorboard)
+        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
+        if config.verbose:
+            callbacks.append(_ProgressLine(config.metric, config.mode))
         run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=callbacks)
         tuner = tune.Tuner(
             trainable, param_space=space, tune_config=tune_config, run_config=run_config
@@ -350,6 +356,23 @@ class Tuner:
         from mlruntime.store import storage
 
         return tuner, storage.join(root, name)
+
+
+@contextlib.contextmanager
+def _without_tensorboard() -> Iterator[None]:
+    """Keep Ray Tune from adding its TensorBoard logger while ``fit`` starts: importing
+    tensorboardX (which imports torch) took 3 s of the driver's time, and its event files are
+    written on every report. (Tune reads the switch from the environment; it is restored.)"""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, float], int]:
