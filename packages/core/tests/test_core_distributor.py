@@ -528,28 +528,3 @@ def test_csv_files_are_split_by_bytes_and_counted_on_the_workers(
     else:  # whole ranges balanced by bytes: every row once
         assert sorted(ids0 + ids1) == list(range(30_001))
         assert abs(len(ids0) - len(ids1)) < 30_001 // 8
-
-
-class _PreloadingBackend(Backend):
-    name = "preloading"
-    preload_modules = ("xml.dom.minidom", "no_such_module_anywhere")
-
-
-class _PreloadingDistributor(Distributor):
-    backend = _PreloadingBackend()
-
-
-def first_line_sees_modules() -> tuple[bool, bool]:
-    import sys
-
-    return "xml.dom.minidom" in sys.modules, "no_such_module_anywhere" in sys.modules
-
-
-def test_new_workers_import_the_backends_modules_before_job_code_runs(ray_cluster: None) -> None:
-    """The framework's import overlaps placement; a module that is missing is left to the
-    job's own import (which then raises as usual), and the job still runs."""
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    result = _PreloadingDistributor(one, verbose=False).run(first_line_sees_modules)
-    assert result.return_values == [(True, False)]
-    plain = Distributor(one, verbose=False).run(first_line_sees_modules)
-    assert plain.return_values == [(False, False)]

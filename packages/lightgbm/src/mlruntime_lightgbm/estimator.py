@@ -55,7 +55,6 @@ class _LightGBMBackend(Backend):
     """Finds a free port on every worker's node and hands each rank the machine list."""
 
     name = "lightgbm"
-    preload_modules = ("lightgbm",)  # imported while the workers are placed
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         ports = group.free_ports()  # on loopback when every rank runs on the driver's machine

@@ -35,7 +35,6 @@ class TorchBackend(Backend):
     """torchrun's environment and the default process group on every rank."""
 
     name = "torch"
-    preload_modules = ("torch", "torch.distributed")  # imported while the workers are placed
 
     def worker_env(self, rank: RankInfo, master_addr: str, master_port: int) -> dict[str, str]:
         """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK/NODE_RANK, MASTER_*; on

@@ -65,7 +65,6 @@ class _XGBBackend(Backend):
     """Runs XGBoost's rendezvous tracker on the driver for each attempt."""
 
     name = "xgboost"
-    preload_modules = ("xgboost",)  # imported while the workers are placed
     binds_all_interfaces = True  # its listeners take no address: narrowed in local jobs
 
     def __init__(self) -> None:

@@ -54,10 +54,6 @@ class Backend:
     """Whether a finished job's workers may serve the next job of the same shape. ``False`` for
     frameworks whose process-wide state cannot be set up twice (TensorFlow's collectives)."""
 
-    preload_modules: tuple[str, ...] = ()
-    """Modules a new worker imports in the background while it is placed and set up (the
-    framework: importing it took 1-1.5 s of a cold job's start), before any job code runs."""
-
     binds_all_interfaces = False
     """Whether the framework's own sockets bind every interface whatever address it is given
     (XGBoost's collective, TensorFlow's gRPC server): then, in a local job with several
@@ -180,7 +176,6 @@ def _acquire(
     key: tuple[Any, ...],
     progress: Progress,
     runtime_env: dict[str, Any] | None = None,
-    preload: Sequence[str] = (),
 ) -> WorkerGroup:
     with _idle_lock:
         group = _idle.pop(key, None)
@@ -195,11 +190,7 @@ def _acquire(
     # Groups of other shapes stay warm while this one fits beside them (a CPU job and a GPU
     # job alternating both reuse theirs); if it does not fit at once, they make room.
     group = WorkerGroup(
-        scaling,
-        name=progress.name,
-        runtime_env=runtime_env,
-        make_room=release_idle_groups,
-        preload=preload,
+        scaling, name=progress.name, runtime_env=runtime_env, make_room=release_idle_groups
     )
     group.start()
     return group
@@ -412,7 +403,7 @@ class Distributor:
         attempt = stored = 0
         while True:
             progress.phase("place")
-            group = _acquire(scaling, key, progress, runtime_env, self.backend.preload_modules)
+            group = _acquire(scaling, key, progress, runtime_env)
             import ray
 
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -75,25 +74,12 @@ class _RankPrefixed:
         return getattr(self._stream, name)
 
 
-def _import_quietly(modules: tuple[str, ...]) -> None:
-    """Import ``modules`` (a missing one is left for the user's own import to report)."""
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:
-            pass
-
-
 class _Worker:
     """The actor behind one rank (its repr prefixes the worker's forwarded output)."""
 
-    def __init__(self, env: dict[str, str], preload: Sequence[str] = ()) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         os.environ.update(env)
         self.rank: int | None = None
-        self._modules = tuple(preload)
-        self._preload: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"rank={self.rank}" if self.rank is not None else "mlruntime-worker"
@@ -114,13 +100,6 @@ class _Worker:
         self.rank = info.world_rank
         if visible_gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus)
-        if self._modules and self._preload is None:
-            # the framework's import overlaps the driver's set-up (its GPUs are set by now)
-            self._preload = threading.Thread(
-                target=_import_quietly, args=(self._modules,), name="mlruntime-preload"
-            )
-            self._preload.start()
-            self._modules = ()
 
     def free_port(self, host: str = "") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -137,9 +116,6 @@ class _Worker:
     ) -> Any:
         import sys
 
-        if self._preload is not None:  # user code imports only once the preload is done
-            self._preload.join()
-            self._preload = None
         _set_context(context)
         streams = sys.stdout, sys.stderr
         if self.rank is not None:  # Ray forwards worker output to the driver; say whose it is
@@ -224,8 +200,6 @@ class WorkerGroup:
         env: Extra environment variables for every worker.
         name: A label for errors and logs.
         runtime_env: The workers' Ray runtime env (extra packages: ``runtime.packages``).
-        preload: Modules each worker imports in the background as soon as it starts (the
-            framework), finished before it runs any job function.
         make_room: Called once when the workers cannot be placed at once (within
             ``MAKE_ROOM_AFTER_S``): frees resources others hold (warm groups of earlier jobs),
             after which placement waits as usual.
@@ -244,10 +218,8 @@ class WorkerGroup:
         name: str = "job",
         runtime_env: dict[str, Any] | None = None,
         make_room: Callable[[], None] | None = None,
-        preload: Sequence[str] = (),
     ) -> None:
         self.scaling = scaling
-        self.preload = tuple(preload)
         self.env = dict(env or {})
         self.name = name
         self.runtime_env = runtime_env
@@ -335,7 +307,7 @@ class WorkerGroup:
                     placement_group=self._pg, placement_group_bundle_index=i
                 ),
                 **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
-            ).remote(env, self.preload)
+            ).remote(env)
             for i in range(s.num_workers)
         ]
         infos = ray.get([a.describe.remote() for a in self.actors])
