@@ -34,6 +34,11 @@ PICKLE_FILE = "model.pkl"
 """Where a model with no native format is pickled (load it only from storage you trust)."""
 
 
+def _framework(name: str) -> Any:
+    """Import a framework when a model is saved or loaded (core never imports one itself)."""
+    return importlib.import_module(name)
+
+
 def _family(model: Any) -> str:
     return type(model).__module__.split(".")[0]
 
@@ -68,7 +73,7 @@ def native_format(model: Any) -> str | None:
 def torch_weights_file() -> str:
     """``model.safetensors`` where safetensors is installed, else ``model.pt``."""
     try:
-        import safetensors  # noqa: F401
+        _framework("safetensors")
     except ImportError:
         return "model.pt"
     return "model.safetensors"
@@ -79,23 +84,16 @@ def save_torch_weights(module: Any, path: str) -> None:
     path, else ``torch.save`` of the tensors (which ``weights_only=True`` loads safely)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        save_file(state, path)
+        _framework("safetensors.torch").save_file(state, path)
     else:
-        import torch
-
-        torch.save(state, path)
+        _framework("torch").save(state, path)
 
 
 def load_torch_weights(path: str) -> dict[str, Any]:
     """The ``state_dict`` :func:`save_torch_weights` wrote (no stored code runs)."""
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return dict(load_file(path))
-    import torch
-
+        return dict(_framework("safetensors.torch").load_file(path))
+    torch = _framework("torch")
     return dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -170,22 +168,16 @@ def load_model(folder: str | os.PathLike[str], torch_module: Any = None) -> Any:
     kind = description["format"]
     path = os.path.join(folder, description["file"])
     if kind == "xgboost-booster":
-        import xgboost
-
-        return xgboost.Booster(model_file=path)
+        return _framework("xgboost").Booster(model_file=path)
     if kind == "xgboost-sklearn":
         klass = getattr(importlib.import_module(description["module"]), description["class"])
         model = klass()
         model.load_model(path)
         return model
     if kind == "lightgbm-booster":
-        import lightgbm
-
-        return lightgbm.Booster(model_file=path)
-    if kind == "keras":
-        import keras
-
-        return keras.models.load_model(path)  # safe_mode: no lambda layers run on load
+        return _framework("lightgbm").Booster(model_file=path)
+    if kind == "keras":  # safe_mode (the default): no lambda layers run on load
+        return _framework("keras").models.load_model(path)
     if kind == "torch-state-dict":
         state = load_torch_weights(path)
         if torch_module is None:
