@@ -115,8 +115,8 @@ def is_private(uri: str) -> bool:
     writes there is the user's only; a storage the user chose elsewhere keeps their umask)."""
     if sys.platform == "win32" or not is_local(uri):
         return False
-    path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
-    home = os.path.abspath(mlruntime_home())
+    path = os.path.realpath(os.path.expanduser(uri.removeprefix("file://")))
+    home = os.path.realpath(mlruntime_home())  # also through a symlink (macOS's /tmp)
     return path == home or path.startswith(home + os.sep)
 
 
