@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from mlruntime.testing import run_for_result
+
 RAY = Path(sys.executable).parent / "ray"
 HEAD_IP, NODE_IPS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 
@@ -187,17 +189,7 @@ def _drive(cluster: dict[str, str], tmp_path: Path, body: str) -> dict[str, obje
     script = tmp_path / "driver.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
     env = {**cluster, "MLRUNTIME_HOME": str(tmp_path / "home")}  # driver-local: nodes can't see
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return dict(json.loads(lines[-1].removeprefix("RESULT")))
+    return dict(json.loads(run_for_result([sys.executable, str(script)], env, 400, tail=4000)))
 
 
 def test_local_storage_fails_fast_with_a_clear_error(

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from mlruntime.testing import load_module_from_path
+from mlruntime.testing import load_module_from_path, run_for_result
 
 CLUSTER = load_module_from_path(
     Path(__file__).with_name("test_cluster_no_shared_disk.py"), "cluster_helpers"
@@ -246,17 +246,13 @@ def test_a_token_cluster_refuses_a_driver_without_its_token_and_runs_a_job_with_
 ) -> None:
     script = tmp_path / "connect.py"
     script.write_text(CONNECT)
-    done = subprocess.run(
-        [sys.executable, str(script), token_head["address"], token_head["token"]],
-        env=_clean_env(HOME=token_head["home"], MLRUNTIME_HOME=str(tmp_path / "home")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = json.loads(
+        run_for_result(
+            [sys.executable, str(script), token_head["address"], token_head["token"]],
+            _clean_env(HOME=token_head["home"], MLRUNTIME_HOME=str(tmp_path / "home")),
+            300,
+        )
     )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(lines[-1].removeprefix("RESULT"))
     missing, wrong = result["errors"]["missing"], result["errors"]["wrong"]
     assert token_head["address"] in missing and "none was found" in missing
     for hint in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "`ray get-auth-token`"):

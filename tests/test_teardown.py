@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from mlruntime.testing import run_for_result
 
 DRIVER = textwrap.dedent(
     """
@@ -120,17 +121,11 @@ def test_ctrl_c_during_a_job_leaves_no_actor_no_placement_group(kind: str, tmp_p
     script.write_text(DRIVER)
     env = {**os.environ, "MLRUNTIME_HOME": str(tmp_path / "home"), "MLRUNTIME_KEEP_WARM_S": "0"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, str(script), kind, str(tmp_path / "training-started")],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        check=False,
+    result = json.loads(
+        run_for_result(
+            [sys.executable, str(script), kind, str(tmp_path / "training-started")], env, 240
+        )
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(lines[-1].removeprefix("RESULT"))
     print(kind, result)  # timings, for the record (never asserted)
     assert result["outcome"] == "interrupted"
     assert result["alive_actors"] == []

@@ -19,6 +19,7 @@ import pytest
 import mlruntime
 from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
+from mlruntime.testing import run_for_result
 from mlruntime.tune import get_tuner_context
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
 
@@ -231,17 +232,8 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     driver.wait()
     started_before = {p.name.split("-")[1] for p in marks.iterdir()}
     assert 2 <= len(started_before) < 6
-    done = subprocess.run(
-        [sys.executable, str(script), "restore", str(marks)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
-    assert done.returncode == 0 and line, done.stdout[-3000:] + done.stderr[-3000:]
-    assert line[-1] == "RESULT [0, 1, 2, 3, 4, 5] [0]"
+    result = run_for_result([sys.executable, str(script), "restore", str(marks)], env, 300)
+    assert result == "[0, 1, 2, 3, 4, 5] [0]"
     starts: dict[str, int] = {}
     for p in marks.iterdir():
         x = p.name.split("-")[1]

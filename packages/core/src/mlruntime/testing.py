@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "PluginConformance",
     "imported_modules_after",
     "load_module_from_path",
+    "run_for_result",
     "sample_table",
     "simulated_cluster",
     "write_sample_parquet",
@@ -106,3 +108,21 @@ def load_module_from_path(path: str | os.PathLike[str], name: str) -> ModuleType
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_for_result(
+    args: Sequence[str], env: dict[str, str], timeout: float, tail: int = 3000
+) -> str:
+    """Run a driver script in a fresh process and return what its last ``RESULT`` line says
+    (the text after ``RESULT``, stripped); the script prints that line when it got through.
+
+    Raises:
+        AssertionError: If the process failed or printed no ``RESULT`` line (with the last
+            ``tail`` characters of its output and errors).
+    """
+    done = subprocess.run(
+        list(args), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    assert done.returncode == 0 and lines, done.stdout[-tail:] + done.stderr[-tail:]
+    return lines[-1].removeprefix("RESULT").strip()
