@@ -257,23 +257,19 @@ BINDS = textwrap.dedent(
     not sys.platform.startswith("linux") or shutil.which("cc") is None,
     reason="the loopback library is built on Linux with a C compiler",
 )
-def test_the_loopback_library_turns_binds_to_any_address_into_loopback(tmp_path: Path) -> None:
+def test_the_loopback_library_turns_binds_to_any_address_into_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlruntime.runtime import loopback
 
     env = _clean_env(tmp_path / "home")
-    os.environ["MLRUNTIME_HOME"], old = str(tmp_path / "home"), os.environ.get("MLRUNTIME_HOME")
-    try:
-        library = loopback.loopback_library()
-        assert library is not None and library.startswith(str(tmp_path / "home"))
-        assert stat.S_IMODE(os.stat(library).st_mode) & 0o077 == 0
-        merged = loopback.with_loopback_binds({"env_vars": {"A": "1"}, "pip": ["x"]})
-        assert merged is not None and merged["pip"] == ["x"] and merged["env_vars"]["A"] == "1"
-        assert merged["env_vars"]["LD_PRELOAD"].split()[0] == library
-    finally:
-        if old is None:
-            os.environ.pop("MLRUNTIME_HOME")
-        else:
-            os.environ["MLRUNTIME_HOME"] = old
+    monkeypatch.setenv("MLRUNTIME_HOME", str(tmp_path / "home"))
+    library = loopback.loopback_library()
+    assert library is not None and library.startswith(str(tmp_path / "home"))
+    assert stat.S_IMODE(os.stat(library).st_mode) & 0o077 == 0
+    merged = loopback.with_loopback_binds({"env_vars": {"A": "1"}, "pip": ["x"]})
+    assert merged is not None and merged["pip"] == ["x"] and merged["env_vars"]["A"] == "1"
+    assert merged["env_vars"]["LD_PRELOAD"].split()[0] == library
     run = [sys.executable, "-c", BINDS]
     narrowed = subprocess.run(
         run, env={**env, "LD_PRELOAD": library}, capture_output=True, text=True, check=True

@@ -6,12 +6,18 @@ the methods, so this module imports no framework.
 
 from __future__ import annotations
 
-import importlib
 import json
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
+
+from mlruntime.store.model_files import (
+    import_framework,
+    load_torch_weights,
+    save_torch_weights,
+    torch_weights_file,
+)
 
 __all__ = [
     "KerasSerde",
@@ -22,11 +28,6 @@ __all__ = [
     "TorchSerde",
     "XGBoostSerde",
 ]
-
-
-def _framework(name: str) -> Any:
-    """Import a framework when a model is saved or loaded (core never imports one itself)."""
-    return importlib.import_module(name)
 
 
 class ModelSerde(ABC):
@@ -77,8 +78,6 @@ class TorchSerde(ModelSerde):
     """
 
     def __init__(self, model_factory: Callable[[], Any] | None = None) -> None:
-        from mlruntime.store.model_files import torch_weights_file
-
         self.model_factory = model_factory
         self._weights_file = torch_weights_file() if model_factory is not None else None
 
@@ -88,17 +87,13 @@ class TorchSerde(ModelSerde):
 
     def write(self, model: Any, file_path: str) -> None:
         if self.model_factory is None:
-            _framework("torch").save(model, file_path)
+            import_framework("torch").save(model, file_path)
             return
-        from mlruntime.store.model_files import save_torch_weights
-
         save_torch_weights(model, file_path)
 
     def read(self, file_path: str) -> Any:
         if self.model_factory is None:
-            return _framework("torch").load(file_path, weights_only=False)
-        from mlruntime.store.model_files import load_torch_weights
-
+            return import_framework("torch").load(file_path, weights_only=False)
         module = self.model_factory()
         module.load_state_dict(load_torch_weights(file_path))
         return module
@@ -115,7 +110,7 @@ class TensorFlowSerde(ModelSerde):
         model.save(file_path)
 
     def read(self, file_path: str) -> Any:
-        return _framework("keras").models.load_model(file_path)
+        return import_framework("keras").models.load_model(file_path)
 
 
 KerasSerde = TensorFlowSerde
@@ -134,7 +129,7 @@ class XGBoostSerde(ModelSerde):
         model.save_model(file_path)
 
     def read(self, file_path: str) -> Any:
-        xgboost = _framework("xgboost")
+        xgboost = import_framework("xgboost")
         booster = xgboost.Booster(model_file=file_path)
         meta = booster.attr("scikit_learn")
         if not meta:
@@ -162,4 +157,4 @@ class LightGBMSerde(ModelSerde):
         booster.save_model(file_path)
 
     def read(self, file_path: str) -> Any:
-        return _framework("lightgbm").Booster(model_file=file_path)
+        return import_framework("lightgbm").Booster(model_file=file_path)

@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "DESCRIPTION_FILE",
     "PICKLE_FILE",
+    "import_framework",
     "load_model",
     "load_torch_weights",
     "native_format",
@@ -34,7 +35,7 @@ PICKLE_FILE = "model.pkl"
 """Where a model with no native format is pickled (load it only from storage you trust)."""
 
 
-def _framework(name: str) -> Any:
+def import_framework(name: str) -> Any:
     """Import a framework when a model is saved or loaded (core never imports one itself)."""
     return importlib.import_module(name)
 
@@ -73,7 +74,7 @@ def native_format(model: Any) -> str | None:
 def torch_weights_file() -> str:
     """``model.safetensors`` where safetensors is installed, else ``model.pt``."""
     try:
-        _framework("safetensors")
+        import_framework("safetensors")
     except ImportError:
         return "model.pt"
     return "model.safetensors"
@@ -84,16 +85,16 @@ def save_torch_weights(module: Any, path: str) -> None:
     path, else ``torch.save`` of the tensors (which ``weights_only=True`` loads safely)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if path.endswith(".safetensors"):
-        _framework("safetensors.torch").save_file(state, path)
+        import_framework("safetensors.torch").save_file(state, path)
     else:
-        _framework("torch").save(state, path)
+        import_framework("torch").save(state, path)
 
 
 def load_torch_weights(path: str) -> dict[str, Any]:
     """The ``state_dict`` :func:`save_torch_weights` wrote (no stored code runs)."""
     if path.endswith(".safetensors"):
-        return dict(_framework("safetensors.torch").load_file(path))
-    torch = _framework("torch")
+        return dict(import_framework("safetensors.torch").load_file(path))
+    torch = import_framework("torch")
     return dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -168,16 +169,16 @@ def load_model(folder: str | os.PathLike[str], torch_module: Any = None) -> Any:
     kind = description["format"]
     path = os.path.join(folder, description["file"])
     if kind == "xgboost-booster":
-        return _framework("xgboost").Booster(model_file=path)
+        return import_framework("xgboost").Booster(model_file=path)
     if kind == "xgboost-sklearn":
         klass = getattr(importlib.import_module(description["module"]), description["class"])
         model = klass()
         model.load_model(path)
         return model
     if kind == "lightgbm-booster":
-        return _framework("lightgbm").Booster(model_file=path)
+        return import_framework("lightgbm").Booster(model_file=path)
     if kind == "keras":  # safe_mode (the default): no lambda layers run on load
-        return _framework("keras").models.load_model(path)
+        return import_framework("keras").models.load_model(path)
     if kind == "torch-state-dict":
         state = load_torch_weights(path)
         if torch_module is None:
