@@ -270,3 +270,31 @@ def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> N
     assert len(list(Path(result.path).rglob("result.json"))) == 2
     assert len(list(Path(result.path).rglob("progress.csv"))) == 2
     assert not list(Path(result.path).rglob("events.out.tfevents*"))
+
+
+def runtime_env_probe() -> None:
+    import ray
+
+    env = dict(ray.get_runtime_context().runtime_env or {})
+    ctx = get_tuner_context()
+    ctx.report(
+        {
+            "loss": 0.0,
+            "own_env_vars": len(env.get("env_vars") or {}),
+            "pl_disable_fork": os.environ.get("PL_DISABLE_FORK") == "1",
+        }
+    )
+
+
+def test_trial_actors_need_no_runtime_env_of_their_own(ray_cluster: None) -> None:
+    # Ray starts a fresh process for any actor whose runtime env differs from the job's (the
+    # pre-started idle workers stay unused); Tune's default trial env holds only
+    # PL_DISABLE_FORK, which the trial sets itself.
+    from ray.tune.execution import class_cache
+
+    before = dict(class_cache.DEFAULT_ENV_VARS)
+    result = tune.Tuner(runtime_env_probe, {"x": [1]}, quiet(search_alg=GridSearch())).run()
+    row = result.results.iloc[0]
+    assert row["own_env_vars"] == 0
+    assert bool(row["pl_disable_fork"])
+    assert before == class_cache.DEFAULT_ENV_VARS  # Tune's default is back after the run
