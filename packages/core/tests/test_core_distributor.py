@@ -528,3 +528,61 @@ def test_csv_files_are_split_by_bytes_and_counted_on_the_workers(
     else:  # whole ranges balanced by bytes: every row once
         assert sorted(ids0 + ids1) == list(range(30_001))
         assert abs(len(ids0) - len(ids1)) < 30_001 // 8
+
+
+class _Holder:
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _free_cpus(expected: float) -> float:
+    import ray
+
+    for _ in range(100):  # Ray's view of free resources lags released actors a little
+        free = ray.available_resources().get("CPU", 0.0)
+        if free == expected:
+            break
+        time.sleep(0.05)
+    return free
+
+
+def test_one_worker_needs_no_placement_group_and_still_makes_room(ray_cluster: None) -> None:
+    # A single worker is a plain actor with the worker's resources (Ray can start it on a
+    # worker process it keeps idle; a placement group's actors never are): it holds its CPUs
+    # like a reservation, and when others hold them, make_room is asked once and it starts.
+    import ray
+
+    from mlruntime.runtime.distributor import release_idle_groups
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import WorkerGroup
+
+    release_idle_groups()
+    cpus = ray.cluster_resources()["CPU"]
+    assert _free_cpus(cpus) == cpus
+    whole = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=cpus))
+    holder = ray.remote(num_cpus=1)(_Holder).remote()
+    ray.get(holder.ping.remote())
+    asked: list[int] = []
+
+    def make_room() -> None:
+        asked.append(1)
+        ray.kill(holder)
+
+    group = WorkerGroup(resolve_scaling(whole, mlruntime.get_nodes()), make_room=make_room)
+    group.start()
+    try:
+        assert asked == [1]
+        assert group._pg is None
+        assert [(r.world_rank, r.world_size) for r in group.ranks] == [(0, 1)]
+        assert group.run(lambda: os.environ["OMP_NUM_THREADS"]) == [str(int(cpus))]
+        assert _free_cpus(0.0) == 0.0  # the worker holds every CPU while it lives
+    finally:
+        group.shutdown()
+    assert _free_cpus(cpus) == cpus
+    group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()), make_room=make_room)
+    group.start()
+    try:
+        assert asked == [1]  # room was free: nobody asked
+        assert group._pg is not None  # several workers: placed together or not at all
+    finally:
+        group.shutdown()

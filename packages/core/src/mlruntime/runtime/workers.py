@@ -240,7 +240,11 @@ class WorkerGroup:
         return self.scaling.num_workers
 
     def start(self) -> None:
-        """Reserve the placement group, start the actors and assign ranks.
+        """Reserve the workers' resources, start the actors and assign ranks.
+
+        Several workers are reserved together in a placement group (all placed or none). One
+        worker that fits now is a plain actor with the same resources: Ray can then start it on
+        a worker process it keeps idle, which a placement group's actors never use.
 
         Raises:
             ResourceError: If the workers cannot be placed within the placement timeout.
@@ -251,17 +255,18 @@ class WorkerGroup:
 
         started = time.perf_counter()
         s = self.scaling
-        bundle: dict[str, float] = {"CPU": s.num_cpus}
-        if s.num_gpus:
-            bundle["GPU"] = s.num_gpus
-        if s.memory:
-            bundle["memory"] = float(s.memory)
-        self._pg = placement_group([dict(bundle)] * s.num_workers, strategy=s.placement_strategy)
+        bundle = self._bundle()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         # On the driver's node, so it outlives worker nodes that go away (it holds no data).
+        # Started before any placement group: it then takes one of the worker processes Ray
+        # keeps idle (a placement group makes Ray start fresh ones, about 0.5 s each here).
         self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
+        if s.num_workers > 1:
+            self._pg = placement_group(
+                [dict(bundle)] * s.num_workers, strategy=s.placement_strategy
+            )
         try:
             self._place(ray, remove_placement_group, PlacementGroupSchedulingStrategy)
         except BaseException:  # Ctrl-C or a failure while placing: release what was reserved
@@ -269,18 +274,45 @@ class WorkerGroup:
             raise
         self.timings["place"] = time.perf_counter() - started
 
+    def _bundle(self) -> dict[str, float]:
+        """One worker's resources, as Ray names them."""
+        s = self.scaling
+        bundle: dict[str, float] = {"CPU": s.num_cpus}
+        if s.num_gpus:
+            bundle["GPU"] = s.num_gpus
+        if s.memory:
+            bundle["memory"] = float(s.memory)
+        return bundle
+
     def _place(self, ray: Any, remove_placement_group: Any, strategy: Any) -> None:
         s = self.scaling
         waited = 0.0
-        if self.make_room is not None:
-            ready, _ = ray.wait([self._pg.ready()], timeout=MAKE_ROOM_AFTER_S)
-            if not ready:
-                self.make_room()
-            waited = MAKE_ROOM_AFTER_S
-        ready, _ = ray.wait([self._pg.ready()], timeout=max(0.0, PLACEMENT_TIMEOUT_S - waited))
+        if self._pg is None:
+            # One worker: a plain actor with the bundle's resources is the same reservation,
+            # and Ray can start it on a worker process it keeps idle (a placement group's
+            # actors never use those; about 0.5 s per process here). Its readiness includes
+            # starting the process, so room is made by looking at the free resources first.
+            if not _fits_within(ray, self._bundle(), MAKE_ROOM_AFTER_S):
+                if self.make_room is not None:
+                    self.make_room()
+                waited = MAKE_ROOM_AFTER_S
+            self._start_actors(ray, None)
+            ready_ref = self.actors[0].describe.remote()
+        else:
+            ready_ref = self._pg.ready()
+            if self.make_room is not None:
+                ready, _ = ray.wait([ready_ref], timeout=MAKE_ROOM_AFTER_S)
+                if not ready:
+                    self.make_room()
+                waited = MAKE_ROOM_AFTER_S
+        ready, _ = ray.wait([ready_ref], timeout=max(0.0, PLACEMENT_TIMEOUT_S - waited))
         if not ready:
-            remove_placement_group(self._pg)
-            self._pg = None
+            if self._pg is not None:
+                remove_placement_group(self._pg)
+                self._pg = None
+            for actor in self.actors:
+                ray.kill(actor, no_restart=True)
+            self.actors = []
             ray.kill(self.state)
             self.state = None
             available = ray.available_resources()
@@ -289,27 +321,8 @@ class WorkerGroup:
                 f"now: {available.get('CPU', 0):g} CPU, {available.get('GPU', 0):g} GPU (other "
                 "jobs may hold them)"
             )
-        threads = str(max(1, int(s.num_cpus)))
-        env = {
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "OPENBLAS_NUM_THREADS": threads,
-            **self.env,
-        }
-        worker_cls = ray.remote(_Worker)
-        self.actors = [
-            worker_cls.options(
-                num_cpus=s.num_cpus,
-                num_gpus=s.num_gpus or None,
-                memory=s.memory,
-                max_concurrency=2,
-                scheduling_strategy=strategy(
-                    placement_group=self._pg, placement_group_bundle_index=i
-                ),
-                **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
-            ).remote(env)
-            for i in range(s.num_workers)
-        ]
+        if self._pg is not None:
+            self._start_actors(ray, strategy)
         infos = ray.get([a.describe.remote() for a in self.actors])
         driver_node = ray.get_runtime_context().get_node_id()
         self.loopback = all(info["node_id"] == driver_node for info in infos)
@@ -325,6 +338,37 @@ class WorkerGroup:
         )
         self.master_addr = self.ranks[0].node_ip
         self.refresh_master_port()
+
+    def _start_actors(self, ray: Any, strategy: Any) -> None:
+        """Create the worker actors: in the placement group's bundles when there is one."""
+        s = self.scaling
+        threads = str(max(1, int(s.num_cpus)))
+        env = {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            **self.env,
+        }
+        worker_cls = ray.remote(_Worker)
+        self.actors = [
+            worker_cls.options(
+                num_cpus=s.num_cpus,
+                num_gpus=s.num_gpus or None,
+                memory=s.memory,
+                max_concurrency=2,
+                **(
+                    {}
+                    if self._pg is None
+                    else {
+                        "scheduling_strategy": strategy(
+                            placement_group=self._pg, placement_group_bundle_index=i
+                        )
+                    }
+                ),
+                **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
+            ).remote(env)
+            for i in range(s.num_workers)
+        ]
 
     def refresh_master_port(self) -> int:
         """Pick a new free rendezvous port on rank 0's node (for the next job of a reused group)."""
@@ -521,6 +565,23 @@ class WorkerGroup:
         except Exception:
             return False
         return True
+
+
+def _fits_within(ray: Any, bundle: dict[str, float], seconds: float) -> bool:
+    """Whether the cluster has ``bundle``'s resources free, or does within ``seconds`` (Ray's
+    view of free resources lags the actors that just released them by a fraction of a
+    second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            available = ray.available_resources()
+        except Exception:
+            return False
+        if all(available.get(key, 0.0) >= amount for key, amount in bundle.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _gpu_key(gpu: str) -> tuple[int, str]:
