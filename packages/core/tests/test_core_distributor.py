@@ -586,3 +586,46 @@ def test_one_worker_needs_no_placement_group_and_still_makes_room(ray_cluster: N
         assert group._pg is not None  # several workers: placed together or not at all
     finally:
         group.shutdown()
+
+
+def many_reports() -> int:
+    ctx = get_context()
+    for step in range(300):
+        ctx.report({"step": step})
+    return ctx.get_rank()
+
+
+def test_every_report_sent_without_waiting_reaches_the_result(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    # Metric reports do not wait for the job state's answer; the job's end waits for them.
+    result = quiet().run(many_reports, artifact_location=tmp_path)
+    assert result.get_metrics() == {"step": 299}
+    assert [m["step"] for m in result.get_metrics_history()] == list(range(300))
+
+
+def test_every_job_of_a_warm_worker_runs_on_the_same_thread(ray_cluster: None) -> None:
+    # OpenMP keeps a thread team per calling thread: a job on another thread of the actor
+    # started a second team beside the first (XGBoost's next rounds took 1.6-2x as long).
+    import threading
+
+    import ray
+
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import WorkerGroup
+
+    group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+    group.start()
+    try:
+        threads = {tuple(group.run(threading.get_ident)) for _ in range(4)}
+        assert len(threads) == 1
+        # control calls are still answered while a job runs
+        running = (
+            group.actors[0]
+            .execute.options(concurrency_group="job")
+            .remote(time.sleep, None, (3.0,), {})
+        )
+        assert ray.get(group.actors[0].ping.remote(), timeout=2) > 0
+        ray.get(running)
+    finally:
+        group.shutdown()
