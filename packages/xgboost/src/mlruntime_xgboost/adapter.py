@@ -1,8 +1,11 @@
 """DataConnector -> xgboost.QuantileDMatrix / DMatrix, streamed batch by batch.
 
 Usable without Ray: ``DataConnector.from_sources("data/").to_xgboost_dmatrix(label_col="y")``.
-A QuantileDMatrix is built through XGBoost's DataIter, so peak memory stays near the quantized
-matrix plus one batch, not the 3x of a pandas round trip.
+A QuantileDMatrix is built through XGBoost's DataIter, which passes over the data several times
+(four in XGBoost 3: sizes, quantile sketches, the binned matrix). The decoded batches of the
+first pass are kept for the others while they fit in a quarter of the memory available (at most
+one decoded copy, as a user holding the matrix would; never the 3x of a pandas round trip); past
+that every pass reads again, and peak memory stays near the quantized matrix plus one batch.
 """
 
 from __future__ import annotations
@@ -19,10 +22,41 @@ from mlruntime.train.features import check_training_columns, feature_batches
 __all__ = ["ConnectorIter", "build_dmatrix", "to_xgboost_dmatrix"]
 
 DEFAULT_BATCH_ROWS = 131_072
+CACHE_FRACTION = 0.25
+"""Share of the memory available when a matrix build starts that its decoded batches may hold."""
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory, or less under a
+    cgroup (v2) limit; ``None`` where the platform cannot tell."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as handle:
+            limit = handle.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as handle:
+            current = int(handle.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - current))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 class ConnectorIter(xgboost.DataIter):
-    """XGBoost's DataIter over a connector's ``(X, y, w)`` batches."""
+    """XGBoost's DataIter over a connector's ``(X, y, w)`` batches.
+
+    The first pass's batches are kept for the next passes while they take at most
+    ``cache_bytes`` (default: ``CACHE_FRACTION`` of :func:`available_memory`); past that they
+    are dropped and every pass reads the connector again.
+    """
 
     def __init__(
         self,
@@ -31,22 +65,44 @@ class ConnectorIter(xgboost.DataIter):
         label_col: str | None,
         weight_col: str | None,
         batch_size: int = DEFAULT_BATCH_ROWS,
+        cache_bytes: int | None = None,
     ) -> None:
         self._source = (connector, list(input_cols), label_col, weight_col)
         self._batch_size = batch_size
         self._batches: Iterator[Any] | None = None
+        if cache_bytes is None:
+            cache_bytes = int((available_memory() or 0) * CACHE_FRACTION)
+        self._budget = cache_bytes
+        self._cache: list[tuple[Any, Any, Any]] | None = []
+        self._cached_bytes = 0
+        self._complete = False  # a whole pass is in the cache
+        self._replay: int | None = None  # position in the cache during a replayed pass
         super().__init__(release_data=True)
 
+    @property
+    def cached(self) -> bool:
+        """Whether passes after the first replay the kept batches (no second read)."""
+        return self._cache is not None and self._complete
+
     def next(self, input_data: Any) -> bool:
-        if self._batches is None:
-            connector, cols, label, weight = self._source
-            self._batches = feature_batches(
-                connector, cols, label, weight, batch_size=self._batch_size
-            )
-        try:
-            x, y, w = next(self._batches)
-        except StopIteration:
-            return False
+        if self._replay is not None:
+            assert self._cache is not None
+            if self._replay >= len(self._cache):
+                return False
+            x, y, w = self._cache[self._replay]
+            self._replay += 1
+        else:
+            if self._batches is None:
+                connector, cols, label, weight = self._source
+                self._batches = feature_batches(
+                    connector, cols, label, weight, batch_size=self._batch_size
+                )
+            try:
+                x, y, w = next(self._batches)
+            except StopIteration:
+                self._complete = True
+                return False
+            self._keep(x, y, w)
         kwargs: dict[str, Any] = {"data": x, "feature_names": self._source[1]}
         if y is not None:
             kwargs["label"] = y
@@ -55,8 +111,21 @@ class ConnectorIter(xgboost.DataIter):
         input_data(**kwargs)
         return True
 
+    def _keep(self, x: np.ndarray, y: np.ndarray | None, w: np.ndarray | None) -> None:
+        if self._cache is None:
+            return
+        self._cached_bytes += sum(a.nbytes for a in (x, y, w) if a is not None)
+        if self._cached_bytes > self._budget:
+            self._cache = None  # too big to keep: later passes read again
+        else:
+            self._cache.append((x, y, w))
+
     def reset(self) -> None:
         self._batches = None
+        if self.cached:
+            self._replay = 0
+        elif self._cache is not None:  # a pass cut short: start the cache over
+            self._cache, self._cached_bytes = [], 0
 
 
 def build_dmatrix(

@@ -8,6 +8,7 @@ module holds only what is XGBoost's.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -80,16 +81,15 @@ class _XGBBackend(Backend):
         from xgboost.tracker import RabitTracker
 
         scaling = group.scaling
+        info = {"use_gpu": scaling.use_gpu, "nthread": max(1, int(scaling.num_cpus))}
+        if scaling.num_workers == 1:  # nothing to synchronise: no tracker, no collective
+            return {"tracker_args": None, **info}
         host = group.driver_host()  # 127.0.0.1 when every rank runs on the driver's machine
         self._tracker = RabitTracker(
             n_workers=scaling.num_workers, host_ip=host, sortby="task", timeout=0
         )
         self._tracker.start()
-        return {
-            "tracker_args": self._tracker.worker_args(),
-            "use_gpu": scaling.use_gpu,
-            "nthread": max(1, int(scaling.num_cpus)),
-        }
+        return {"tracker_args": self._tracker.worker_args(), **info}
 
     def driver_teardown(self) -> None:
         tracker, self._tracker = self._tracker, None
@@ -133,6 +133,8 @@ class _XGBTrainer(GBDTTrainer):
         return params
 
     def join(self, ctx: Context, params: dict[str, Any]) -> Any:
+        if ctx.backend_info["tracker_args"] is None:  # a single worker
+            return contextlib.nullcontext()
         args = {**ctx.backend_info["tracker_args"], "dmlc_task_id": str(ctx.get_rank())}
         return xgb.collective.CommunicatorContext(**args)
 

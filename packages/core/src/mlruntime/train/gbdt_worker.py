@@ -184,8 +184,10 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     memory = PeakMemory()
     check_labels(ctx, spec["label"])
     params = trainer.params(ctx, spec)
-    try:
-        with trainer.join(ctx, params):
+    # Joining the framework's collective is outside the "invalid parameters" translation: a
+    # rendezvous that fails (a peer gone, a signal in the middle) is not the user's parameters.
+    with trainer.join(ctx, params):
+        try:
             ctx.phase("loading data")
             data = trainer.build(ctx, spec, params)
             ctx.phase("training")
@@ -198,12 +200,12 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
                 )
             reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
             model = trainer.train(ctx, spec, params, data, resume, reporter)
-    except trainer.framework_error as exc:
-        lines = str(exc).strip().splitlines()
-        first = lines[0] if lines else repr(exc)
-        raise ConfigError(
-            f"invalid {trainer.framework} parameters {spec['params']}: {first}"
-        ) from exc
+        except trainer.framework_error as exc:
+            lines = str(exc).strip().splitlines()
+            first = lines[0] if lines else repr(exc)
+            raise ConfigError(
+                f"invalid {trainer.framework} parameters {spec['params']}: {first}"
+            ) from exc
     out: dict[str, Any] = {"device": trainer.device(params), "peak_memory_growth": memory.growth()}
     if ctx.get_rank() == 0:
         out["model"] = trainer.dump(model)
