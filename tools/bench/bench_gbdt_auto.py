@@ -5,10 +5,13 @@ The speed issue's GBDT figures: 1,000,000 rows x 20 float32 features in 4 Parque
 ``LightGBMEstimator`` with no scaling config (on one node: one worker with every CPU), against
 the plain framework in one process with as many threads, reading the same files inside its
 timing (``pyarrow.parquet.read_table`` into one float32 matrix, then ``QuantileDMatrix`` /
-``lightgbm.Dataset`` and ``train``):
+``lightgbm.Dataset`` and ``train``), twice in one process. The files are in the OS cache and the
+framework is imported in this process before any timing (a worker's imports count in ours'
+cold fit):
 
-- cold: the first fit after Ray is up (no warm worker: new process, imports, placement);
-- warm: the next fit (the worker kept warm between jobs is reused);
+- cold: the first fit after Ray is up (no warm worker: new process, imports, placement),
+  against the baseline's first run;
+- warm: the next fit (the worker kept warm between jobs is reused), against its second run;
 - training phase: the boosting rounds alone (ours: the "training" phase rank 0 reports;
   the baseline: ``train`` after its matrix is built; LightGBM bins its data inside ``train``,
   so for it the baseline's ``Dataset.construct()`` is counted too).
@@ -24,6 +27,7 @@ Run: ``.venv/bin/python tools/bench/bench_gbdt_auto.py [--rows N] [--rounds R] [
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -124,16 +128,26 @@ def main() -> None:
     print(f"{args.rows:,} rows x {len(FEATURES)}, {args.rounds} rounds, {cpus} CPUs, Ray up")
     rows = []
     for framework in args.frameworks.split(","):
+        # The files in the OS cache and the framework imported before any timing, for both
+        # sides (a user's notebook imports first). The baseline's first run in this process
+        # is what a first fit is compared with; its second (allocator and code paths warm)
+        # what a repeated fit and the training phase are.
+        importlib.import_module(framework)
+        read_matrix(paths, FEATURES, "label")
+        first = plain(framework, paths, args.rounds, cpus, gpu=args.gpu)
         base = plain(framework, paths, args.rounds, cpus, gpu=args.gpu)
         release_idle_groups()  # cold: no worker kept warm by an earlier job
         cold, cold_phases = ours(framework, folder, args.rounds)
         warm, phases = ours(framework, folder, args.rounds)
         whole = base["read"] + base["build"] + base["boost"]
-        print(
-            f"{framework}: one process read {base['read']:.2f}s + build {base['build']:.2f}s "
-            f"+ boost {base['boost']:.2f}s = {whole:.2f}s; ours cold {cold:.2f}s, warm "
-            f"{warm:.2f}s"
-        )
+        first_whole = first["read"] + first["build"] + first["boost"]
+        for label, run in (("first", first), ("again", base)):
+            print(
+                f"{framework}: one process, {label}: read {run['read']:.2f}s + build "
+                f"{run['build']:.2f}s + boost {run['boost']:.2f}s = "
+                f"{run['read'] + run['build'] + run['boost']:.2f}s"
+            )
+        print(f"{framework}: ours cold {cold:.2f}s, warm {warm:.2f}s")
         for name, timings in (("cold", cold_phases), ("warm", phases)):
             print(
                 f"  ours {name} phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
@@ -145,8 +159,8 @@ def main() -> None:
                 (framework, "GPU training / boosting", phases["training"] / base["boost"], 1.2)
             )
             continue
-        rows.append((framework, "cold fit / one process", cold / whole, 1.3))
-        rows.append((framework, "warm fit / one process", warm / whole, 1.05))
+        rows.append((framework, "cold fit / first in a process", cold / first_whole, 1.3))
+        rows.append((framework, "warm fit / again in it", warm / whole, 1.05))
         if training is not None:
             # LightGBM bins its data inside train(): its training phase holds the build too
             plain_training = base["boost"] + (base["build"] if framework == "lightgbm" else 0)
