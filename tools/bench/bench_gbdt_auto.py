@@ -11,7 +11,8 @@ cold fit):
 
 - cold: the first fit after Ray is up (no warm worker: new process, imports, placement),
   against the baseline's first run;
-- warm: the next fit (the worker kept warm between jobs is reused), against its second run;
+- warm: the next fits (the worker kept warm between jobs is reused), against its next runs
+  (``--repeat`` of each, alternating; medians);
 - training phase: the boosting rounds alone (ours: the "training" phase rank 0 reports;
   the baseline: ``train`` after its matrix is built; LightGBM bins its data inside ``train``,
   so for it the baseline's ``Dataset.construct()`` is counted too).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +43,9 @@ from bench_data import init_ray, read_matrix
 from bench_xgboost import FEATURES, make_data
 
 XGB_PARAMS = {"tree_method": "hist", "max_depth": 6, "objective": "reg:squarederror", "seed": 0}
+SETTLE_S = 2.0
+"""Pause before each timed run: what the last one left (a worker freeing its job's memory, Ray
+releasing objects) otherwise ran during the next (the baseline's read took 0.2 -> 0.9 s)."""
 LGB_PARAMS = {"objective": "regression", "num_leaves": 31, "verbose": -1, "seed": 0}
 
 
@@ -107,6 +112,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--frameworks", default="xgboost,lightgbm")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repeated fits on each side (medians kept)"
+    )
     parser.add_argument("--gpu", action="store_true", help="XGBoost on the GPU, both sides")
     args = parser.parse_args()
     if args.gpu:
@@ -130,24 +138,34 @@ def main() -> None:
     for framework in args.frameworks.split(","):
         # The files in the OS cache and the framework imported before any timing, for both
         # sides (a user's notebook imports first). The baseline's first run in this process
-        # is what a first fit is compared with; its second (allocator and code paths warm)
+        # is what a first fit is compared with; its next ones (allocator and code paths warm)
         # what a repeated fit and the training phase are.
         importlib.import_module(framework)
-        read_matrix(paths, FEATURES, "label")
+        for path in paths:  # into the OS cache (not through pyarrow: its allocator stays cold)
+            Path(path).read_bytes()
         first = plain(framework, paths, args.rounds, cpus, gpu=args.gpu)
-        base = plain(framework, paths, args.rounds, cpus, gpu=args.gpu)
         release_idle_groups()  # cold: no worker kept warm by an earlier job
+        time.sleep(SETTLE_S)
         cold, cold_phases = ours(framework, folder, args.rounds)
-        warm, phases = ours(framework, folder, args.rounds)
+        # repeated runs alternate, so both sides see the same machine; medians are kept
+        agains, warms = [], []
+        for _ in range(args.repeat):
+            time.sleep(SETTLE_S)
+            agains.append(plain(framework, paths, args.rounds, cpus, gpu=args.gpu))
+            time.sleep(SETTLE_S)
+            warms.append(ours(framework, folder, args.rounds))
+        base = {k: statistics.median(r[k] for r in agains) for k in agains[0]}
+        warm = statistics.median(w for w, _ in warms)
+        phases = {k: statistics.median(p.get(k, 0.0) for _, p in warms) for k in warms[0][1]}
         whole = base["read"] + base["build"] + base["boost"]
         first_whole = first["read"] + first["build"] + first["boost"]
-        for label, run in (("first", first), ("again", base)):
+        for label, run in (("first", first), (f"again (median of {args.repeat})", base)):
             print(
                 f"{framework}: one process, {label}: read {run['read']:.2f}s + build "
                 f"{run['build']:.2f}s + boost {run['boost']:.2f}s = "
                 f"{run['read'] + run['build'] + run['boost']:.2f}s"
             )
-        print(f"{framework}: ours cold {cold:.2f}s, warm {warm:.2f}s")
+        print(f"{framework}: ours cold {cold:.2f}s, warm {warm:.2f}s (median of {args.repeat})")
         for name, timings in (("cold", cold_phases), ("warm", phases)):
             print(
                 f"  ours {name} phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
