@@ -249,9 +249,9 @@ class WorkerGroup:
     def start(self) -> None:
         """Reserve the workers' resources, start the actors and assign ranks.
 
-        Several workers are reserved together in a placement group (all placed or none). One
-        worker that fits now is a plain actor with the same resources: Ray can then start it on
-        a worker process it keeps idle, which a placement group's actors never use.
+        Several workers are reserved together in a placement group (all placed or none). A
+        single worker is a plain actor with the same resources: Ray can then start it on a
+        worker process it keeps idle, which a placement group's actors never use.
 
         Raises:
             ResourceError: If the workers cannot be placed within the placement timeout.

@@ -394,8 +394,8 @@ def _on_idle_workers() -> Iterator[None]:
     largest fixed cost of a small run). While ``fit`` runs, Tune's default is emptied (``_trial``
     sets the variable itself, before the user's code). Variables Tune propagates from the
     driver (AWS keys, Ray Train settings) still make a runtime env, as before. If a Ray
-    version moves the default, nothing changes but the speed (tests/test_tune.py checks the
-    trial lands on a pre-started worker).
+    version moves the default, nothing changes but the speed (test_core_tune.py checks that a
+    trial has no runtime env of its own).
     """
     try:
         from ray.tune.execution import class_cache
