@@ -298,3 +298,27 @@ def test_trial_actors_need_no_runtime_env_of_their_own(ray_cluster: None) -> Non
     assert row["own_env_vars"] == 0
     assert bool(row["pl_disable_fork"])
     assert before == class_cache.DEFAULT_ENV_VARS  # Tune's default is back after the run
+
+
+def one_worker_job() -> None:
+    from mlruntime.runtime.context import get_context
+    from mlruntime.runtime.distributor import Distributor
+    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    result = Distributor(one, verbose=False).run(lambda: get_context().get_world_size())
+    get_tuner_context().report({"loss": 0.0, "world": result.return_values[0]})
+
+
+def test_a_trial_can_run_a_one_worker_job(ray_cluster: None) -> None:
+    # A one-worker job is a plain actor: it must not land in the trial's own placement group,
+    # which captures the trial's children (it holds no CPU for them).
+    config = tune.TunerConfig(
+        metric="loss",
+        mode="min",
+        search_alg=GridSearch(),
+        uses_snowflake_trainer=True,
+        verbose=False,
+    )
+    result = tune.Tuner(one_worker_job, {"x": [1, 2]}, config).run()
+    assert list(result.results["world"]) == [1, 1]

@@ -366,15 +366,11 @@ class WorkerGroup:
                 num_cpus=s.num_cpus,
                 num_gpus=s.num_gpus or None,
                 memory=s.memory,
-                **(
-                    {}
-                    if self._pg is None
-                    else {
-                        "scheduling_strategy": strategy(
-                            placement_group=self._pg, placement_group_bundle_index=i
-                        )
-                    }
-                ),
+                # "DEFAULT", not None: a job started from inside a placement group that
+                # captures its children (a Ray Tune trial's) is not put in that group
+                scheduling_strategy="DEFAULT"
+                if self._pg is None
+                else strategy(placement_group=self._pg, placement_group_bundle_index=i),
                 **({"runtime_env": self.runtime_env} if self.runtime_env else {}),
             ).remote(env)
             for i in range(s.num_workers)
