@@ -43,10 +43,15 @@ from bench_data import init_ray, read_matrix
 from bench_xgboost import FEATURES, make_data
 
 XGB_PARAMS = {"tree_method": "hist", "max_depth": 6, "objective": "reg:squarederror", "seed": 0}
+LGB_PARAMS = {"objective": "regression", "num_leaves": 31, "verbose": -1, "seed": 0}
 SETTLE_S = 2.0
 """Pause before each timed run: what the last one left (a worker freeing its job's memory, Ray
 releasing objects) otherwise ran during the next (the baseline's read took 0.2 -> 0.9 s)."""
-LGB_PARAMS = {"objective": "regression", "num_leaves": 31, "verbose": -1, "seed": 0}
+
+
+def total(run: dict[str, float]) -> float:
+    """A baseline run's seconds, read to last round."""
+    return run["read"] + run["build"] + run["boost"]
 
 
 def plain(
@@ -157,13 +162,11 @@ def main() -> None:
         base = {k: statistics.median(r[k] for r in agains) for k in agains[0]}
         warm = statistics.median(w for w, _ in warms)
         phases = {k: statistics.median(p.get(k, 0.0) for _, p in warms) for k in warms[0][1]}
-        whole = base["read"] + base["build"] + base["boost"]
-        first_whole = first["read"] + first["build"] + first["boost"]
+        whole, first_whole = total(base), total(first)
         for label, run in (("first", first), (f"again (median of {args.repeat})", base)):
             print(
                 f"{framework}: one process, {label}: read {run['read']:.2f}s + build "
-                f"{run['build']:.2f}s + boost {run['boost']:.2f}s = "
-                f"{run['read'] + run['build'] + run['boost']:.2f}s"
+                f"{run['build']:.2f}s + boost {run['boost']:.2f}s = {total(run):.2f}s"
             )
         print(f"{framework}: ours cold {cold:.2f}s, warm {warm:.2f}s (median of {args.repeat})")
         for name, timings in (("cold", cold_phases), ("warm", phases)):

@@ -262,7 +262,11 @@ class WorkerGroup:
 
         started = time.perf_counter()
         s = self.scaling
-        bundle = self._bundle()
+        bundle: dict[str, float] = {"CPU": s.num_cpus}
+        if s.num_gpus:
+            bundle["GPU"] = s.num_gpus
+        if s.memory:
+            bundle["memory"] = float(s.memory)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -275,23 +279,15 @@ class WorkerGroup:
                 [dict(bundle)] * s.num_workers, strategy=s.placement_strategy
             )
         try:
-            self._place(ray, remove_placement_group, PlacementGroupSchedulingStrategy)
+            self._place(ray, bundle, remove_placement_group, PlacementGroupSchedulingStrategy)
         except BaseException:  # Ctrl-C or a failure while placing: release what was reserved
             self.shutdown()
             raise
         self.timings["place"] = time.perf_counter() - started
 
-    def _bundle(self) -> dict[str, float]:
-        """One worker's resources, as Ray names them."""
-        s = self.scaling
-        bundle: dict[str, float] = {"CPU": s.num_cpus}
-        if s.num_gpus:
-            bundle["GPU"] = s.num_gpus
-        if s.memory:
-            bundle["memory"] = float(s.memory)
-        return bundle
-
-    def _place(self, ray: Any, remove_placement_group: Any, strategy: Any) -> None:
+    def _place(
+        self, ray: Any, bundle: dict[str, float], remove_placement_group: Any, strategy: Any
+    ) -> None:
         s = self.scaling
         waited = 0.0
         if self._pg is None:
@@ -299,12 +295,13 @@ class WorkerGroup:
             # and Ray can start it on a worker process it keeps idle (a placement group's
             # actors never use those; about 0.5 s per process here). Its readiness includes
             # starting the process, so room is made by looking at the free resources first.
-            if not _fits_within(ray, self._bundle(), MAKE_ROOM_AFTER_S):
+            if not _fits_within(ray, bundle, MAKE_ROOM_AFTER_S):
                 if self.make_room is not None:
                     self.make_room()
                 waited = MAKE_ROOM_AFTER_S
             self._start_actors(ray, None)
-            ready_ref = self.actors[0].describe.remote()
+            described = [self.actors[0].describe.remote()]
+            ready_ref = described[0]
         else:
             ready_ref = self._pg.ready()
             if self.make_room is not None:
@@ -330,7 +327,8 @@ class WorkerGroup:
             )
         if self._pg is not None:
             self._start_actors(ray, strategy)
-        infos = ray.get([a.describe.remote() for a in self.actors])
+            described = [a.describe.remote() for a in self.actors]
+        infos = ray.get(described)
         driver_node = ray.get_runtime_context().get_node_id()
         self.loopback = all(info["node_id"] == driver_node for info in infos)
         if self.loopback:  # one machine: peers and the driver meet on loopback only
