@@ -588,11 +588,13 @@ def test_one_worker_needs_no_placement_group_and_still_makes_room(ray_cluster: N
         group.shutdown()
 
 
-def many_reports() -> int:
+def many_reports() -> tuple[bool, bool]:
     ctx = get_context()
-    for step in range(300):
+    for step in range(299):
         ctx.report({"step": step})
-    return ctx.get_rank()
+    sent_without_waiting = ctx._unconfirmed is not None
+    ctx.report({"step": 299}, checkpoint=Checkpoint.from_dict({"step": 299}))
+    return sent_without_waiting, ctx._unconfirmed is None  # a checkpoint's report waited
 
 
 def test_every_report_sent_without_waiting_reaches_the_result(
@@ -600,6 +602,7 @@ def test_every_report_sent_without_waiting_reaches_the_result(
 ) -> None:
     # Metric reports do not wait for the job state's answer; the job's end waits for them.
     result = quiet().run(many_reports, artifact_location=tmp_path)
+    assert result.return_values[0] == (True, True)
     assert result.get_metrics() == {"step": 299}
     assert [m["step"] for m in result.get_metrics_history()] == list(range(300))
 
@@ -629,3 +632,51 @@ def test_every_job_of_a_warm_worker_runs_on_the_same_thread(ray_cluster: None) -
         ray.get(running)
     finally:
         group.shutdown()
+
+
+class _Rejecting:
+    """A GBDT trainer whose framework fails either joining its collective or building."""
+
+    framework = "fake"
+    framework_error = (ValueError,)
+
+    def __init__(self, fails_in: str) -> None:
+        self.fails_in = fails_in
+
+    def params(self, ctx: object, spec: dict[str, object]) -> dict[str, object]:
+        return {}
+
+    def join(self, ctx: object, params: dict[str, object]) -> object:
+        import contextlib
+
+        if self.fails_in == "join":
+            raise ValueError("rendezvous interrupted")
+        return contextlib.nullcontext()
+
+    def build(self, ctx: object, spec: dict[str, object], params: dict[str, object]) -> object:
+        raise ValueError("unknown objective")
+
+
+@pytest.mark.parametrize("fails_in", ["join", "build"])
+def test_only_what_the_framework_rejects_after_joining_is_called_invalid_parameters(
+    ray_cluster: None, tmp_path: Path, fails_in: str
+) -> None:
+    from functools import partial
+
+    import pandas as pd
+
+    from mlruntime.train.gbdt_worker import run_trainer
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
+    job = partial(run_trainer, _Rejecting(fails_in), {"label": "y", "params": {"eta": 1}})
+    with pytest.raises(WorkerError) as err:
+        Distributor(one, verbose=False).run(
+            job, dataset_map={"train": data}, artifact_location=tmp_path
+        )
+    (failure,) = err.value.failures
+    if fails_in == "join":  # a failed rendezvous is not the user's parameters
+        assert failure.error_type == "ValueError" and "rendezvous interrupted" in failure.message
+    else:
+        assert failure.error_type == "ConfigError"
+        assert "invalid fake parameters {'eta': 1}: unknown objective" in failure.message

@@ -361,3 +361,15 @@ def test_null_labels_in_files_are_counted_on_the_workers(
     pq.write_table(table, folder / "part.parquet", row_group_size=500)
     with pytest.raises(DataError, match="label column 'y' has 3 null"):
         estimator().fit(DataConnector.from_sources(folder), FEATURES, "y")
+
+
+def test_a_single_worker_starts_no_tracker() -> None:
+    from types import SimpleNamespace
+
+    from mlruntime_xgboost.estimator import _XGBBackend
+
+    backend = _XGBBackend()
+    scaling = SimpleNamespace(num_workers=1, use_gpu=False, num_cpus=2.0)
+    info = backend.driver_setup(SimpleNamespace(scaling=scaling))  # type: ignore[arg-type]
+    assert info == {"tracker_args": None, "use_gpu": False, "nthread": 2}
+    assert backend._tracker is None  # nothing to synchronise: no rendezvous, no collective
