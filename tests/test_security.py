@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from mlruntime.runtime import loopback
 from mlruntime.testing import load_module_from_path, run_for_result
 
 CLUSTER = load_module_from_path(
@@ -150,7 +151,7 @@ UPSTREAM_BINDS_ALL = {
 on loopback; where it cannot be built (no C compiler) they listen on every interface."""
 
 
-NARROWED = sys.platform.startswith("linux") and shutil.which("cc") is not None
+NARROWED = loopback.can_narrow()
 """Whether the library can be built here (Linux with a C compiler)."""
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlruntime.errors import ConfigError
-from mlruntime.runtime import security
+from mlruntime.runtime import loopback, security
 from mlruntime.store import storage
 
 LOOPBACK_PREFIXES = ("127.", "::ffff:127.", "::1")
@@ -254,14 +253,11 @@ BINDS = textwrap.dedent(
 
 
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux") or shutil.which("cc") is None,
-    reason="the loopback library is built on Linux with a C compiler",
+    not loopback.can_narrow(), reason="the loopback library is built on Linux with a C compiler"
 )
 def test_the_loopback_library_turns_binds_to_any_address_into_loopback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlruntime.runtime import loopback
-
     env = _clean_env(tmp_path / "home")
     monkeypatch.setenv("MLRUNTIME_HOME", str(tmp_path / "home"))
     library = loopback.loopback_library()

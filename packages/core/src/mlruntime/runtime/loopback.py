@@ -23,7 +23,14 @@ import tempfile
 import threading
 from typing import Any
 
-__all__ = ["LIBRARY_DIR", "SOURCE", "loopback_library", "with_loopback_binds"]
+__all__ = [
+    "LIBRARY_DIR",
+    "SOURCE",
+    "c_compiler",
+    "can_narrow",
+    "loopback_library",
+    "with_loopback_binds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,16 @@ _lock = threading.Lock()
 _built: dict[str, str | None] = {}
 
 
+def c_compiler() -> str | None:
+    """The C compiler the library is built with: ``$CC``, else ``cc``, else ``gcc``."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def can_narrow() -> bool:
+    """Whether the library can be built here (Linux with a C compiler)."""
+    return sys.platform.startswith("linux") and c_compiler() is not None
+
+
 def loopback_library() -> str | None:
     """The path of the compiled library, building it on first use (``None`` where it cannot
     be: not Linux, no C compiler, or the build failed; the reason is logged once)."""
@@ -91,7 +108,7 @@ def loopback_library() -> str | None:
         path: str | None = None
         digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
         target = os.path.join(home, LIBRARY_DIR, f"mlruntime-loopback-{digest}.so")
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        compiler = c_compiler()
         if os.path.exists(target):
             path = target
         elif not sys.platform.startswith("linux"):
