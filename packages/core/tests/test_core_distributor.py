@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from mlruntime.runtime.context import Checkpoint, get_context
 from mlruntime.runtime.distributor import Backend, Distributor
 from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.testing import sample_table
+from mlruntime.train.gbdt_worker import GBDTTrainer
 
 TWO = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
 
@@ -634,26 +636,30 @@ def test_every_job_of_a_warm_worker_runs_on_the_same_thread(ray_cluster: None) -
         group.shutdown()
 
 
-class _Rejecting:
+class _Rejecting(GBDTTrainer):
     """A GBDT trainer whose framework fails either joining its collective or building."""
 
     framework = "fake"
-    framework_error = (ValueError,)
+
+    def framework_errors(self) -> tuple[type[BaseException], ...]:
+        return (ValueError,)
 
     def __init__(self, fails_in: str) -> None:
         self.fails_in = fails_in
 
-    def params(self, ctx: object, spec: dict[str, object]) -> dict[str, object]:
+    def params(self, ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def join(self, ctx: object, params: dict[str, object]) -> object:
+    def join(self, ctx: Any, params: dict[str, Any]) -> Any:
         import contextlib
 
         if self.fails_in == "join":
             raise ValueError("rendezvous interrupted")
         return contextlib.nullcontext()
 
-    def build(self, ctx: object, spec: dict[str, object], params: dict[str, object]) -> object:
+    def build(
+        self, ctx: Any, spec: dict[str, Any], params: dict[str, Any], ahead: Any = None
+    ) -> Any:
         raise ValueError("unknown objective")
 
 
@@ -680,3 +686,50 @@ def test_only_what_the_framework_rejects_after_joining_is_called_invalid_paramet
     else:
         assert failure.error_type == "ConfigError"
         assert "invalid fake parameters {'eta': 1}: unknown objective" in failure.message
+
+
+class _ReadsAhead(GBDTTrainer):
+    """A GBDT trainer that reads ahead without end and takes only part of it in build."""
+
+    framework = "fake"
+
+    def read_ahead(self, ctx: Any, spec: dict[str, Any]) -> Any:
+        import itertools
+
+        from mlruntime.data.batching import ReadAhead
+
+        return ReadAhead(itertools.count(), depth=2, name="mlruntime-read-ahead")
+
+    def build(
+        self, ctx: Any, spec: dict[str, Any], params: dict[str, Any], ahead: Any = None
+    ) -> Any:
+        return [next(ahead), next(ahead)]
+
+    def train(self, ctx: Any, spec: dict[str, Any], params: Any, data: Any, *_: Any) -> Any:
+        import threading
+
+        readers = [t for t in threading.enumerate() if t.name == "mlruntime-read-ahead"]
+        return {"built": data, "readers_left": len(readers)}
+
+    def dump(self, model: Any) -> Any:
+        return model
+
+
+def test_what_a_trainer_reads_ahead_reaches_its_build_and_is_closed_before_training(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    from functools import partial
+
+    import pandas as pd
+
+    from mlruntime.train.gbdt_worker import run_trainer
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
+    spec = {"label": "y", "params": {}, "checkpoint_every": 0}
+    result = Distributor(one, verbose=False).run(
+        partial(run_trainer, _ReadsAhead(), spec),
+        dataset_map={"train": data},
+        artifact_location=tmp_path,
+    )
+    assert result.return_values[0]["model"] == {"built": [0, 1], "readers_left": 0}

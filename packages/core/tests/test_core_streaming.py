@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,82 @@ def test_reader_errors_reach_the_consumer() -> None:
     assert next(batches)["i"][0] == 0
     with pytest.raises(OSError, match="bad sector"):
         next(batches)
+
+
+def test_read_ahead_starts_before_it_is_iterated_and_stays_bounded() -> None:
+    from mlruntime.data.batching import ReadAhead
+
+    produced: list[int] = []
+    third = threading.Event()
+
+    def items() -> Iterator[int]:
+        for i in range(10):
+            produced.append(i)
+            if i == 2:
+                third.set()
+            yield i
+
+    ahead = ReadAhead(items(), depth=2)
+    # nobody asked for anything yet: the thread already read up to depth (+1 in its hand)
+    assert third.wait(timeout=30)
+    time.sleep(0.3)
+    assert produced == [0, 1, 2]
+    assert list(ahead) == list(range(10))
+    assert list(ahead) == []  # consumed once
+
+
+def test_read_ahead_close_stops_the_reader_and_errors_reach_the_consumer() -> None:
+    import itertools
+
+    from mlruntime.data.batching import ReadAhead
+
+    cleaned = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            yield from itertools.count()
+        finally:  # a reader's own clean-up (its files, its threads)
+            cleaned.set()
+
+    ahead = ReadAhead(endless(), depth=3, name="test-read-ahead")
+    assert next(ahead) == 0
+    ahead.close()
+    assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
+    assert cleaned.is_set()
+    assert list(ahead) == []
+
+    def broken() -> Iterator[int]:
+        yield 1
+        raise OSError("bad sector")
+
+    failing = ReadAhead(broken(), depth=1)
+    assert next(failing) == 1
+    with pytest.raises(OSError, match="bad sector"):
+        next(failing)
+
+
+def test_read_ahead_features_gives_feature_batches_and_bounds_its_memory(
+    tmp_path: Path,
+) -> None:
+    import pandas as pd
+
+    from mlruntime.train.features import feature_batches, read_ahead_features
+
+    frame = pd.DataFrame(
+        {"a": np.arange(1000, dtype=np.float64), "b": np.arange(1000) % 7, "y": np.ones(1000)}
+    )
+    frame.to_parquet(tmp_path / "part.parquet", row_group_size=300)
+    connector = DataConnector.from_sources(tmp_path)
+    want = list(feature_batches(connector, ["a", "b"], "y", batch_size=128))
+    # 128 rows x (2 features + label) x 4 bytes = 1,536 bytes a batch: 3,000 bytes hold one
+    ahead = read_ahead_features(connector, ["a", "b"], "y", batch_size=128, max_bytes=3000)
+    assert ahead._slots.maxsize == 1
+    got = list(ahead)
+    assert len(got) == len(want) == 8
+    for (x, y, w), (wx, wy, ww) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(x, wx)
+        np.testing.assert_array_equal(y, wy)
+        assert w is None and ww is None
+    default = read_ahead_features(connector, ["a", "b"], "y", batch_size=128)
+    assert default._slots.maxsize > 1  # a quarter of the available memory holds many
+    default.close()

@@ -83,3 +83,36 @@ def test_the_second_pass_replays_kept_batches_within_the_memory_budget(
     np.testing.assert_array_equal(dm.get_label(), reference.get_label())
     for got, want in zip(dm.get_quantile_cut(), reference.get_quantile_cut(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [None, 0])  # kept for the next passes, or read again
+def test_the_first_pass_takes_batches_read_ahead(
+    parquet_folder: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, budget: int | None
+) -> None:
+    from mlruntime.train.features import read_ahead_features
+    from mlruntime_xgboost import adapter
+
+    connector = DataConnector.from_sources(parquet_folder)
+    # started before anything else, as a worker does before importing xgboost
+    ahead = read_ahead_features(connector, FEATURES, "y", batch_size=500)
+    reads: list[int] = []
+    original = adapter.feature_batches
+
+    def counted(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        reads.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(adapter, "feature_batches", counted)
+    it = adapter.ConnectorIter(
+        connector, FEATURES, "y", None, batch_size=500, cache_bytes=budget, first_pass=ahead
+    )
+    dm = xgb.QuantileDMatrix(it, max_bin=64)
+    if budget is None:
+        assert reads == []  # the read-ahead was the only read
+    else:  # the first pass was the read-ahead, the others read again
+        assert len(reads) >= 1
+    reference = xgb.QuantileDMatrix(frame[FEATURES].to_numpy(), frame["y"], max_bin=64)
+    assert dm.num_row() == 4000
+    np.testing.assert_array_equal(dm.get_label(), reference.get_label())
+    for got, want in zip(dm.get_quantile_cut(), reference.get_quantile_cut(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -1,7 +1,8 @@
 """DataConnector -> lightgbm.Dataset, read into one preallocated float32 matrix.
 
 Usable without Ray: ``DataConnector.from_sources("data/").to_lightgbm_dataset(label_col="y")``.
-String and dictionary columns become categorical features.
+String and dictionary columns become categorical features. lightgbm is imported only to build
+the Dataset (workers read their shard with :func:`shard_matrix` while it loads).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
@@ -42,6 +42,8 @@ def to_lightgbm_dataset(
         ColumnError: For unknown or unusable columns.
         DataError: For null labels.
     """
+    import lightgbm as lgb
+
     features = check_training_columns(
         connector, input_cols, label_col, weight_col, allow_categorical=True
     )

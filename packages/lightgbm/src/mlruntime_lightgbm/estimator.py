@@ -4,7 +4,9 @@ Each worker builds its ``lightgbm.Dataset`` from only its shard (one decoded cop
 through ``machines`` / ``local_listen_port`` with ports found free on each node; LightGBM syncs
 the bin boundaries across machines, so binning is consistent. Rank 0's booster comes back.
 Launch, reports, checkpoints and restarts come from core's
-:class:`~mlruntime.train.gbdt.GBDTEstimator`; this module holds only what is LightGBM's.
+:class:`~mlruntime.train.gbdt.GBDTEstimator`; this module holds only what is LightGBM's. It
+imports lightgbm only inside functions: a worker unpickling its job then starts reading its
+shard before lightgbm loads (it imports scikit-learn and SciPy when they are installed).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 
-from mlruntime.data.connector import DataConnector
+from mlruntime.data.batching import ReadAhead
+from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
@@ -86,7 +88,21 @@ class _LightGBMTrainer(GBDTTrainer):
     """Builds the shard's Dataset, joins the network, boosts."""
 
     framework = "LightGBM"
-    framework_error = (lgb.basic.LightGBMError,)
+
+    def framework_errors(self) -> tuple[type[BaseException], ...]:
+        import lightgbm as lgb
+
+        return (lgb.basic.LightGBMError,)
+
+    def read_ahead(self, ctx: Context, spec: dict[str, Any]) -> ReadAhead[Any] | None:
+        if spec["categorical"]:  # their codes need every rank's categories first
+            return None
+        train = ctx.get_dataset_map()["train"]
+        if isinstance(train, ShardedDataConnector):  # resolved here, not in the reader thread
+            train = train.get_shard()
+        features, label, weight = spec["features"], spec["label"], spec["weight"]
+        matrix = (shard_matrix(train, features, label, weight) for _ in range(1))
+        return ReadAhead(matrix, depth=1, name="mlruntime-read-ahead")
 
     def params(self, ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
         info, world = ctx.backend_info, ctx.get_world_size()
@@ -104,7 +120,15 @@ class _LightGBMTrainer(GBDTTrainer):
             params.setdefault("device_type", "gpu")
         return params
 
-    def build(self, ctx: Context, spec: dict[str, Any], params: dict[str, Any]) -> Any:
+    def build(
+        self,
+        ctx: Context,
+        spec: dict[str, Any],
+        params: dict[str, Any],
+        ahead: ReadAhead[Any] | None = None,
+    ) -> Any:
+        import lightgbm as lgb
+
         features = spec["features"]
         data = ctx.get_dataset_map()
         train = data["train"]
@@ -113,7 +137,10 @@ class _LightGBMTrainer(GBDTTrainer):
         categories = merge_categories(ctx.allgather(local), spec["categorical"])
         self.categories = categories
         cat_idx = [i for i, f in enumerate(features) if f in categories]
-        x, y, w = shard_matrix(train, features, spec["label"], spec["weight"], categories)
+        if ahead is not None:  # read while lightgbm was imported (no categorical features)
+            x, y, w = next(ahead)
+        else:
+            x, y, w = shard_matrix(train, features, spec["label"], spec["weight"], categories)
         train_set = lgb.Dataset(
             x,
             label=y,
@@ -139,6 +166,8 @@ class _LightGBMTrainer(GBDTTrainer):
         resume: ResumeState,
         reporter: RoundReporter,
     ) -> Any:
+        import lightgbm as lgb
+
         try:
             return lgb.train(
                 params,
@@ -158,6 +187,8 @@ class _LightGBMTrainer(GBDTTrainer):
             raise
 
     def load(self, payload: Any) -> Any:
+        import lightgbm as lgb
+
         return lgb.Booster(model_str=payload)
 
     def dump(self, model: Any) -> Any:
@@ -224,6 +255,8 @@ class LightGBMEstimator(GBDTEstimator):
         return _Predictor(booster.model_to_string(), features, self._categories)
 
     def _load_file(self, path: str) -> Any:
+        import lightgbm as lgb
+
         booster = lgb.Booster(model_file=path)
         cats = booster.pandas_categorical or []
         names = _categorical_features(booster)
@@ -249,6 +282,8 @@ class _Predictor(BatchPredictor):
         self.model_text = model
 
     def load(self) -> Any:
+        import lightgbm as lgb
+
         return lgb.Booster(model_str=self.model_text)
 
     def forward(self, model: Any, x: np.ndarray) -> np.ndarray:
@@ -258,6 +293,8 @@ class _Predictor(BatchPredictor):
 def _check_gpu_support() -> None:
     """Whether this LightGBM build can train on a GPU (a build capability, not the user's
     parameters: one round on six rows with ``device_type="gpu"``)."""
+    import lightgbm as lgb
+
     x = np.arange(6, dtype=np.float32).reshape(-1, 1)
     y = np.array([0.0, 1.0] * 3, dtype=np.float32)
     params = {"device_type": "gpu", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 1}

@@ -17,37 +17,10 @@ import numpy as np
 import xgboost
 
 from mlruntime.data.connector import DataConnector
-from mlruntime.train.features import check_training_columns, feature_batches
+from mlruntime.train.features import available_memory, check_training_columns, feature_batches
+from mlruntime_xgboost._defaults import CACHE_FRACTION, DEFAULT_BATCH_ROWS
 
 __all__ = ["ConnectorIter", "build_dmatrix", "to_xgboost_dmatrix"]
-
-DEFAULT_BATCH_ROWS = 131_072
-CACHE_FRACTION = 0.25
-"""Share of the memory available when a matrix build starts that its decoded batches may hold."""
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: the machine's available memory, or less under a
-    cgroup (v2) limit; ``None`` where the platform cannot tell."""
-    found: list[int] = []
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as handle:
-            limit = handle.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as handle:
-            current = int(handle.read().strip())
-        if limit != "max":
-            found.append(max(0, int(limit) - current))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
 
 
 class ConnectorIter(xgboost.DataIter):
@@ -55,7 +28,9 @@ class ConnectorIter(xgboost.DataIter):
 
     The first pass's batches are kept for the next passes while they take at most
     ``cache_bytes`` (default: ``CACHE_FRACTION`` of :func:`available_memory`); past that they
-    are dropped and every pass reads the connector again.
+    are dropped and every pass reads the connector again. ``first_pass``: batches already being
+    read (:func:`~mlruntime.train.features.read_ahead_features` over the same connector and
+    columns), taken by the first pass instead of reading.
     """
 
     def __init__(
@@ -66,10 +41,12 @@ class ConnectorIter(xgboost.DataIter):
         weight_col: str | None,
         batch_size: int = DEFAULT_BATCH_ROWS,
         cache_bytes: int | None = None,
+        first_pass: Iterator[Any] | None = None,
     ) -> None:
         self._source = (connector, list(input_cols), label_col, weight_col)
         self._batch_size = batch_size
         self._batches: Iterator[Any] | None = None
+        self._ahead = first_pass  # taken by the first pass that reads (XGBoost resets first)
         if cache_bytes is None:
             cache_bytes = int((available_memory() or 0) * CACHE_FRACTION)
         self._budget = cache_bytes
@@ -92,7 +69,9 @@ class ConnectorIter(xgboost.DataIter):
             x, y, w = self._cache[self._replay]
             self._replay += 1
         else:
-            if self._batches is None:
+            if self._batches is None and self._ahead is not None:
+                self._batches, self._ahead = self._ahead, None
+            elif self._batches is None:
                 connector, cols, label, weight = self._source
                 self._batches = feature_batches(
                     connector, cols, label, weight, batch_size=self._batch_size
@@ -139,17 +118,27 @@ def build_dmatrix(
     max_bin: int | None = None,
     batch_size: int = DEFAULT_BATCH_ROWS,
     nthread: int | None = None,
+    first_pass: Iterator[Any] | None = None,
 ) -> Any:
-    """Build the matrix from already-checked columns (workers call this on their shard)."""
+    """Build the matrix from already-checked columns (workers call this on their shard).
+
+    ``first_pass``: these columns' ``(X, y, w)`` batches already being read (read ahead), used
+    instead of a first read.
+    """
     if quantile:
-        it = ConnectorIter(connector, input_cols, label_col, weight_col, batch_size)
+        it = ConnectorIter(
+            connector, input_cols, label_col, weight_col, batch_size, first_pass=first_pass
+        )
         return xgboost.QuantileDMatrix(it, ref=ref, max_bin=max_bin, nthread=nthread)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     ws: list[np.ndarray] = []
-    for x, y, w in feature_batches(
-        connector, input_cols, label_col, weight_col, batch_size=batch_size
-    ):
+    batches = first_pass
+    if batches is None:
+        batches = feature_batches(
+            connector, input_cols, label_col, weight_col, batch_size=batch_size
+        )
+    for x, y, w in batches:
         xs.append(x)
         if y is not None:
             ys.append(y)

@@ -3,23 +3,28 @@
 Each worker reads only its shard straight from storage into a streamed QuantileDMatrix; the
 driver runs the rendezvous tracker and gets rank 0's booster back. Launch, reports,
 checkpoints and restarts come from core's :class:`~mlruntime.train.gbdt.GBDTEstimator`; this
-module holds only what is XGBoost's.
+module holds only what is XGBoost's. It imports xgboost only inside functions: a worker
+unpickling its job then starts reading its shard before xgboost loads (2 s in a new process,
+most of it scikit-learn and SciPy, which xgboost imports).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 
+from mlruntime.data.batching import ReadAhead
+from mlruntime.data.connector import ShardedDataConnector
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
+from mlruntime.train.features import read_ahead_features
 from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
 from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
@@ -27,7 +32,7 @@ from mlruntime.train.gbdt_worker import (
     RoundReporter,
 )
 from mlruntime.train.inference import BatchPredictor
-from mlruntime_xgboost.adapter import build_dmatrix
+from mlruntime_xgboost._defaults import DEFAULT_BATCH_ROWS
 
 __all__ = ["XGBEstimator", "XGBScalingConfig"]
 
@@ -43,6 +48,8 @@ TRAINED_DEVICE_ATTR = "mlruntime_trained_device"
 def _config_device(model: Any) -> str:
     """The device in a booster's learner config (``"cpu"`` if the config does not say)."""
     import json
+
+    import xgboost as xgb
 
     try:
         config = json.loads(model.save_config())
@@ -100,28 +107,47 @@ class _XGBBackend(Backend):
                 pass
 
 
-class _Reporter(xgb.callback.TrainingCallback):
-    """Hands each round's metrics to core's RoundReporter."""
+@functools.cache
+def _reporter_class() -> type:
+    """The round callback's class (made once xgboost is imported; XGBoost wants its base)."""
+    import xgboost as xgb
 
-    def __init__(self, reporter: RoundReporter) -> None:
-        self.reporter = reporter
+    class _Reporter(xgb.callback.TrainingCallback):
+        """Hands each round's metrics to core's RoundReporter."""
 
-    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        latest = {
-            data_name: {metric: float(values[-1]) for metric, values in per_metric.items()}
-            for data_name, per_metric in evals_log.items()
-        }
-        self.reporter.round(
-            model.num_boosted_rounds(), latest, lambda: bytes(model.save_raw("ubj"))
-        )
-        return False
+        def __init__(self, reporter: RoundReporter) -> None:
+            self.reporter = reporter
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            latest = {
+                data_name: {metric: float(values[-1]) for metric, values in per_metric.items()}
+                for data_name, per_metric in evals_log.items()
+            }
+            self.reporter.round(
+                model.num_boosted_rounds(), latest, lambda: bytes(model.save_raw("ubj"))
+            )
+            return False
+
+    return _Reporter
 
 
 class _XGBTrainer(GBDTTrainer):
     """Joins the collective, builds the shard's QuantileDMatrix, boosts."""
 
     framework = "XGBoost"
-    framework_error = (xgb.core.XGBoostError,)
+
+    def framework_errors(self) -> tuple[type[BaseException], ...]:
+        import xgboost as xgb
+
+        return (xgb.core.XGBoostError,)
+
+    def read_ahead(self, ctx: Context, spec: dict[str, Any]) -> ReadAhead[Any] | None:
+        train = ctx.get_dataset_map()["train"]
+        if isinstance(train, ShardedDataConnector):  # resolved here, not in the reader thread
+            train = train.get_shard()
+        return read_ahead_features(
+            train, spec["features"], spec["label"], spec["weight"], batch_size=DEFAULT_BATCH_ROWS
+        )
 
     def params(self, ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
         info = ctx.backend_info
@@ -135,14 +161,29 @@ class _XGBTrainer(GBDTTrainer):
     def join(self, ctx: Context, params: dict[str, Any]) -> Any:
         if ctx.backend_info["tracker_args"] is None:  # a single worker
             return contextlib.nullcontext()
+        import xgboost as xgb
+
         args = {**ctx.backend_info["tracker_args"], "dmlc_task_id": str(ctx.get_rank())}
         return xgb.collective.CommunicatorContext(**args)
 
-    def build(self, ctx: Context, spec: dict[str, Any], params: dict[str, Any]) -> Any:
+    def build(
+        self,
+        ctx: Context,
+        spec: dict[str, Any],
+        params: dict[str, Any],
+        ahead: ReadAhead[Any] | None = None,
+    ) -> Any:
+        from mlruntime_xgboost.adapter import build_dmatrix
+
         data = ctx.get_dataset_map()
         args = {"max_bin": params.get("max_bin"), "nthread": params["nthread"]}
         dtrain = build_dmatrix(
-            data["train"], spec["features"], spec["label"], spec["weight"], **args
+            data["train"],
+            spec["features"],
+            spec["label"],
+            spec["weight"],
+            first_pass=ahead,
+            **args,
         )
         evals = [(dtrain, "train")]
         if "eval" in data:
@@ -166,17 +207,21 @@ class _XGBTrainer(GBDTTrainer):
         resume: ResumeState,
         reporter: RoundReporter,
     ) -> Any:
+        import xgboost as xgb
+
         return xgb.train(
             params,
             data[0][0],
             num_boost_round=spec["rounds"] - resume.rounds,
             evals=data,
             xgb_model=resume.model,
-            callbacks=[_Reporter(reporter), *spec["callbacks"]],
+            callbacks=[_reporter_class()(reporter), *spec["callbacks"]],
             verbose_eval=False,
         )
 
     def load(self, payload: Any) -> Any:
+        import xgboost as xgb
+
         booster = xgb.Booster()
         booster.load_model(bytearray(payload))
         trained_on = booster.attr(TRAINED_DEVICE_ATTR)
@@ -249,6 +294,8 @@ class XGBEstimator(GBDTEstimator):
         return _Predictor(bytes(booster.save_raw("ubj")), features)
 
     def _load_file(self, path: str) -> Any:
+        import xgboost as xgb
+
         booster = xgb.Booster()
         booster.load_model(path)
         return booster
@@ -265,6 +312,8 @@ class _Predictor(BatchPredictor):
         self.model_bytes = model
 
     def load(self) -> Any:
+        import xgboost as xgb
+
         booster = xgb.Booster()
         booster.load_model(bytearray(self.model_bytes))
         return booster

@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
@@ -20,9 +20,12 @@ import pyarrow as pa
 from mlruntime.data.convert import table_to_numpy
 from mlruntime.data.sources import Fragment, ParquetFragment, read_row_groups
 
+T = TypeVar("T")
+
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER_ROWS",
     "Piece",
+    "ReadAhead",
     "check_batch_size",
     "iter_numpy_batches",
     "prefetch",
@@ -130,50 +133,92 @@ def read_pieces(
 _END = object()
 
 
-def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+class ReadAhead(Iterator[T]):
+    """Pull ``items`` in a background thread from now on, at most ``depth`` items ahead of the
+    consumer: work that overlaps whatever the caller does next (a worker importing its
+    framework reads its shard meanwhile; pyarrow and numpy copies release the GIL).
+
+    Iterate it to take the items in order; errors raised by the producer are re-raised there.
+    :meth:`close` stops the thread and drops what it had read; call it when the items are not
+    all taken (the thread holds the iterator until then).
+
+    Args:
+        items: The work, an iterator (a generator runs in the thread from its first step).
+        depth: Items kept ready at most (>= 1).
+    """
+
+    def __init__(self, items: Iterator[T], depth: int = 2, name: str = "mlruntime-prefetch"):
+        self._slots: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, args=(items,), name=name, daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+        finally:  # a generator stopped early runs its own clean-up (its readers) here
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        item = self._slots.get()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the producer (it ends at its next item) and drop what it had read."""
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._slots.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+        while True:  # what it left
+            try:
+                self._slots.get_nowait()
+            except queue.Empty:
+                break
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Run ``items`` in a background thread, staying at most ``depth`` items ahead.
 
-    Errors raised by the producer are re-raised in the consumer. Closing the returned generator
-    (or breaking out of a loop over it) stops the thread.
+    Nothing runs before the first item is asked for. Errors raised by the producer are
+    re-raised in the consumer. Closing the returned generator (or breaking out of a loop over
+    it) stops the thread.
     """
     if depth <= 0:
         yield from items
         return
-    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(_END)
-        except BaseException as exc:  # handed to the consumer
-            slots.put(exc)
-
-    thread = threading.Thread(target=produce, name="mlruntime-prefetch", daemon=True)
-    thread.start()
+    ahead = ReadAhead(items, depth)
     try:
-        while True:
-            item = slots.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        yield from ahead
     finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        ahead.close()
 
 
 def _concat(parts: list[Batch]) -> Batch:

@@ -1,5 +1,6 @@
 """Training inputs every trainer shares: checks of the columns before any worker starts,
-feature matrices streamed in batches, and the peak-memory probe the benchmarks report."""
+feature matrices streamed in batches (or read ahead while a worker imports its framework), and
+the memory probes the readers and benchmarks use."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mlruntime.data.batching import ReadAhead
 from mlruntime.data.connector import DataConnector
 from mlruntime.data.convert import column_to_numpy
 from mlruntime.errors import ColumnError, ConfigError, DataError
 
 __all__ = [
+    "READ_AHEAD_FRACTION",
     "PeakMemory",
     "as_connector",
+    "available_memory",
     "check_training_columns",
     "count_nulls",
     "feature_batches",
     "is_categorical",
     "known_null_count",
     "null_label_error",
+    "read_ahead_features",
     "table_to_matrix",
 ]
 
@@ -210,6 +215,70 @@ def feature_batches(
         y = np.asarray(batch[label_col], dtype=np.float32) if label_col else None
         w = np.asarray(batch[weight_col], dtype=np.float32) if weight_col else None
         yield x, y, w
+
+
+READ_AHEAD_FRACTION = 0.25
+"""Share of the memory available when a worker starts reading that batches read ahead may hold."""
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory, or less under a
+    cgroup (v2) limit; ``None`` where the platform cannot tell."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as handle:
+            limit = handle.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as handle:
+            current = int(handle.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - current))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def read_ahead_features(
+    connector: DataConnector,
+    input_cols: Sequence[str],
+    label_col: str | None = None,
+    weight_col: str | None = None,
+    *,
+    batch_size: int = 65_536,
+    dtype: Any = np.float32,
+    max_bytes: int | None = None,
+) -> ReadAhead[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Start :func:`feature_batches` in a background thread now; iterate the result later for
+    the same batches. A GBDT worker starts it before importing its framework (1-2 s in a new
+    process, holding the GIL mostly while Parquet decoding and numpy copies do not).
+
+    Args:
+        connector, input_cols, label_col, weight_col, batch_size, dtype: As for
+            :func:`feature_batches`.
+        max_bytes: Decoded batches held ahead at most (default: ``READ_AHEAD_FRACTION`` of
+            :func:`available_memory`; at least one batch). Past it the reader waits for the
+            consumer.
+
+    Returns:
+        The batches, in :func:`feature_batches`' order; ``close()`` it if not read to the end.
+    """
+    if max_bytes is None:
+        max_bytes = int((available_memory() or 0) * READ_AHEAD_FRACTION)
+    width = len(input_cols) * np.dtype(dtype).itemsize + 4 * sum(
+        1 for c in (label_col, weight_col) if c
+    )
+    depth = max(1, max_bytes // max(1, width * batch_size))
+    batches = feature_batches(
+        connector, input_cols, label_col, weight_col, batch_size=batch_size, dtype=dtype
+    )
+    return ReadAhead(batches, depth=depth, name="mlruntime-read-ahead")
 
 
 def table_to_matrix(

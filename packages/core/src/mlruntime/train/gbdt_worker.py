@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
+from mlruntime.data.batching import ReadAhead
 from mlruntime.data.connector import ShardedDataConnector
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Checkpoint, Context, get_context
@@ -99,13 +100,22 @@ class ResumeState:
 
 
 class GBDTTrainer:
-    """The framework part of a GBDT job; runs on every worker. Instances must be picklable
-    (define subclasses at module level; import the framework inside the methods or at the top
-    of the plugin's estimator module)."""
+    """The framework part of a GBDT job; runs on every worker. Instances must be picklable:
+    define subclasses at module level, and import the framework inside the methods, not at the
+    top of their module. Unpickling the job then imports no framework, and the worker reads its
+    shard ahead (:meth:`read_ahead`) while the framework loads (1-2 s in a new process)."""
 
     framework = "gbdt"
-    framework_error: ClassVar[tuple[type[BaseException], ...]] = ()
-    """Exceptions the framework raises for parameters or data it rejects."""
+
+    def framework_errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions the framework raises for parameters or data it rejects."""
+        return ()
+
+    def read_ahead(self, ctx: Context, spec: dict[str, Any]) -> ReadAhead[Any] | None:
+        """Start reading this rank's training data before the framework is imported (called
+        first; must not import it). What it returns is handed to :meth:`build`, and closed by
+        the caller after the build."""
+        return None
 
     def params(self, ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
         """The framework parameters for this rank (threads, device, network)."""
@@ -116,8 +126,15 @@ class GBDTTrainer:
         xgboost.collective, whose quantile sketches must be built together)."""
         return nullcontext()
 
-    def build(self, ctx: Context, spec: dict[str, Any], params: dict[str, Any]) -> Any:
-        """Read this rank's data into the framework's training (and eval) matrices."""
+    def build(
+        self,
+        ctx: Context,
+        spec: dict[str, Any],
+        params: dict[str, Any],
+        ahead: ReadAhead[Any] | None = None,
+    ) -> Any:
+        """Read this rank's data into the framework's training (and eval) matrices; ``ahead``
+        is what :meth:`read_ahead` started (``None`` if it started nothing)."""
         raise NotImplementedError
 
     def load(self, payload: Any) -> Any:
@@ -176,36 +193,45 @@ def check_labels(ctx: Context, label: str) -> None:
 
 
 def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs on every rank: build the matrices, resume, boost; rank 0 returns the model.
+    """Runs on every rank: start reading the shard (while the framework loads), build the
+    matrices, resume, boost; rank 0 returns the model.
 
     Parameters the framework rejects become a :class:`ConfigError` naming them.
     """
     ctx = get_context()
     memory = PeakMemory()
-    check_labels(ctx, spec["label"])
-    params = trainer.params(ctx, spec)
-    # Joining the framework's collective is outside the "invalid parameters" translation: a
-    # rendezvous that fails (a peer gone, a signal in the middle) is not the user's parameters.
-    with trainer.join(ctx, params):
-        try:
-            ctx.phase("loading data")
-            data = trainer.build(ctx, spec, params)
-            ctx.phase("training")
-            resume = ResumeState()
-            checkpoint = ctx.get_checkpoint()
-            if checkpoint is not None:
-                state = checkpoint.to_dict()
-                resume = ResumeState(
-                    trainer.load(state["model"]), state["rounds"], state["evals_result"]
-                )
-            reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
-            model = trainer.train(ctx, spec, params, data, resume, reporter)
-        except trainer.framework_error as exc:
-            lines = str(exc).strip().splitlines()
-            first = lines[0] if lines else repr(exc)
-            raise ConfigError(
-                f"invalid {trainer.framework} parameters {spec['params']}: {first}"
-            ) from exc
+    ahead = trainer.read_ahead(ctx, spec)  # reads while the framework is imported below
+    try:
+        check_labels(ctx, spec["label"])
+        params = trainer.params(ctx, spec)
+        # Joining the framework's collective is outside the "invalid parameters" translation:
+        # a rendezvous that fails (a peer gone, a signal in the middle) is not the parameters.
+        with trainer.join(ctx, params):
+            try:
+                ctx.phase("loading data")
+                data = trainer.build(ctx, spec, params, ahead)
+                if ahead is not None:
+                    ahead.close()  # read to the end by now, or left: free it before training
+                    ahead = None
+                ctx.phase("training")
+                resume = ResumeState()
+                checkpoint = ctx.get_checkpoint()
+                if checkpoint is not None:
+                    state = checkpoint.to_dict()
+                    resume = ResumeState(
+                        trainer.load(state["model"]), state["rounds"], state["evals_result"]
+                    )
+                reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
+                model = trainer.train(ctx, spec, params, data, resume, reporter)
+            except trainer.framework_errors() as exc:
+                lines = str(exc).strip().splitlines()
+                first = lines[0] if lines else repr(exc)
+                raise ConfigError(
+                    f"invalid {trainer.framework} parameters {spec['params']}: {first}"
+                ) from exc
+    finally:
+        if ahead is not None:
+            ahead.close()
     out: dict[str, Any] = {"device": trainer.device(params), "peak_memory_growth": memory.growth()}
     if ctx.get_rank() == 0:
         out["model"] = trainer.dump(model)
