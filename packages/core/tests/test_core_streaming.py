@@ -203,6 +203,30 @@ def test_read_ahead_starts_before_it_is_iterated_and_stays_bounded() -> None:
     assert list(ahead) == []  # consumed once
 
 
+def test_a_large_head_start_keeps_few_items_ahead_once_the_consumer_begins() -> None:
+    from mlruntime.data.batching import ReadAhead
+
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    ahead = ReadAhead(items(), depth=5, then=1)
+    deadline = time.monotonic() + 30
+    while len(produced) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert len(produced) == 6  # five ready, the sixth in the reader's hand
+    assert [next(ahead) for _ in range(5)] == [0, 1, 2, 3, 4]
+    time.sleep(0.3)
+    # one kept ready (5) and one in hand (6), not five more: what the consumer takes, it
+    # holds itself (a cache), and the head start does not add to it
+    assert len(produced) == 7
+    assert list(ahead) == list(range(5, 100))
+
+
 def test_read_ahead_close_stops_the_reader_and_errors_reach_the_consumer() -> None:
     import itertools
 
@@ -248,7 +272,7 @@ def test_read_ahead_features_gives_feature_batches_and_bounds_its_memory(
     want = list(feature_batches(connector, ["a", "b"], "y", batch_size=128))
     # 128 rows x (2 features + label) x 4 bytes = 1,536 bytes a batch: 3,000 bytes hold one
     ahead = read_ahead_features(connector, ["a", "b"], "y", batch_size=128, max_bytes=3000)
-    assert ahead._slots.maxsize == 1
+    assert ahead._limit == 1
     got = list(ahead)
     assert len(got) == len(want) == 8
     for (x, y, w), (wx, wy, ww) in zip(got, want, strict=True):
@@ -256,5 +280,5 @@ def test_read_ahead_features_gives_feature_batches_and_bounds_its_memory(
         np.testing.assert_array_equal(y, wy)
         assert w is None and ww is None
     default = read_ahead_features(connector, ["a", "b"], "y", batch_size=128)
-    assert default._slots.maxsize > 1  # a quarter of the available memory holds many
+    assert default._limit > 1  # a quarter of the available memory holds many
     default.close()

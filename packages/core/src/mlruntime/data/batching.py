@@ -8,8 +8,8 @@ vectorized: piece order is permuted, then windows spanning several pieces are pe
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
@@ -144,12 +144,25 @@ class ReadAhead(Iterator[T]):
 
     Args:
         items: The work, an iterator (a generator runs in the thread from its first step).
-        depth: Items kept ready at most (>= 1).
+        depth: Items kept ready at most before the first is taken (>= 1).
+        then: Items kept ready at most once the consumer has begun (default: ``depth``). A
+            head start can be large while its consumer is not there yet, and small after: the
+            consumer keeps (caches) what it took, and both together stay within one budget.
+        name: The thread's name.
     """
 
-    def __init__(self, items: Iterator[T], depth: int = 2, name: str = "mlruntime-prefetch"):
-        self._slots: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
+    def __init__(
+        self,
+        items: Iterator[T],
+        depth: int = 2,
+        name: str = "mlruntime-prefetch",
+        then: int | None = None,
+    ) -> None:
+        self._limit = max(1, depth)
+        self._then = self._limit if then is None else max(1, then)
+        self._buffer: deque[object] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
         self._done = False
         self._thread = threading.Thread(target=self._produce, args=(items,), name=name, daemon=True)
         self._thread.start()
@@ -157,29 +170,35 @@ class ReadAhead(Iterator[T]):
     def _produce(self, items: Iterator[T]) -> None:
         try:
             for item in items:
-                if not self._put(item):
-                    return
-            self._put(_END)
+                with self._cond:
+                    while not self._stop and len(self._buffer) >= self._limit:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    self._buffer.append(item)
+                    self._cond.notify_all()
+            self._finish(_END)
         except BaseException as exc:  # handed to the consumer
-            self._put(exc)
+            self._finish(exc)
         finally:  # a generator stopped early runs its own clean-up (its readers) here
             close = getattr(items, "close", None)
             if close is not None:
                 close()
 
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _finish(self, marker: object) -> None:
+        with self._cond:  # past the limit: a marker holds no data
+            self._buffer.append(marker)
+            self._cond.notify_all()
 
     def __next__(self) -> T:
         if self._done:
             raise StopIteration
-        item = self._slots.get()
+        with self._cond:
+            while not self._buffer:
+                self._cond.wait()
+            item = self._buffer.popleft()
+            self._limit = self._then
+            self._cond.notify_all()
         if item is _END:
             self._done = True
             raise StopIteration
@@ -189,19 +208,14 @@ class ReadAhead(Iterator[T]):
         return item  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Stop the producer (it ends at its next item) and drop what it had read."""
+        """Stop the producer (it ends once its current item is made) and drop what it read."""
         self._done = True
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._slots.get_nowait()
-            except queue.Empty:
-                self._thread.join(timeout=0.05)
-        while True:  # what it left
-            try:
-                self._slots.get_nowait()
-            except queue.Empty:
-                break
+        with self._cond:
+            self._stop = True
+            self._buffer.clear()
+            self._cond.notify_all()
+        self._thread.join()
+        self._buffer.clear()  # a marker it added while stopping
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:

@@ -262,9 +262,10 @@ def read_ahead_features(
     Args:
         connector, input_cols, label_col, weight_col, batch_size, dtype: As for
             :func:`feature_batches`.
-        max_bytes: Decoded batches held ahead at most (default: ``READ_AHEAD_FRACTION`` of
-            :func:`available_memory`; at least one batch). Past it the reader waits for the
-            consumer.
+        max_bytes: Decoded batches held ahead at most before the consumer begins (default:
+            ``READ_AHEAD_FRACTION`` of :func:`available_memory`; at least one batch); past it
+            the reader waits. Once the consumer has begun, two batches at most (what it takes,
+            it keeps or drops within its own budget: the two never add up).
 
     Returns:
         The batches, in :func:`feature_batches`' order; ``close()`` it if not read to the end.
@@ -278,7 +279,7 @@ def read_ahead_features(
     batches = feature_batches(
         connector, input_cols, label_col, weight_col, batch_size=batch_size, dtype=dtype
     )
-    return ReadAhead(batches, depth=depth, name="mlruntime-read-ahead")
+    return ReadAhead(batches, depth=depth, name="mlruntime-read-ahead", then=2)
 
 
 def table_to_matrix(
