@@ -253,28 +253,3 @@ def test_categories_are_gathered_from_every_workers_shard(
     assert est.get_booster().pandas_categorical == [union]  # what predict encodes with
     assert est.predict(data).shape == (len(data),)
     session.close()
-
-
-def test_a_worker_unpickles_its_job_without_importing_lightgbm(tmp_path: Path) -> None:
-    # The worker reads its shard ahead while lightgbm loads (1-2 s in a new process): that
-    # needs a job (trainer, backend) whose unpickling imports no framework.
-    import subprocess
-    import sys
-    from functools import partial
-
-    from ray import cloudpickle
-
-    from mlruntime.train.gbdt_worker import run_trainer
-
-    est = LightGBMEstimator(n_estimators=2)
-    job = (partial(run_trainer, est._trainer(), {"params": {}}), est._backend())
-    path = tmp_path / "job.pkl"
-    path.write_bytes(cloudpickle.dumps(job))
-    code = (
-        "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
-        "print([m for m in ('lightgbm', 'sklearn', 'scipy') if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"

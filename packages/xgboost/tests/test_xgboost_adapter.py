@@ -55,10 +55,8 @@ def test_adapter_refuses_bad_columns(frame: pd.DataFrame) -> None:
         ).to_xgboost_dmatrix(label_col="y", input_cols=FEATURES)
 
 
-@pytest.mark.parametrize("budget", [None, 0, 20_000])  # default, nothing kept, two batches
-def test_the_second_pass_replays_kept_batches_within_the_memory_budget(
-    parquet_folder: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, budget: int | None
-) -> None:
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the adapter's reads of a connector (one per call of ``feature_batches``)."""
     from mlruntime_xgboost import adapter
 
     reads: list[int] = []
@@ -69,6 +67,16 @@ def test_the_second_pass_replays_kept_batches_within_the_memory_budget(
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(adapter, "feature_batches", counted)
+    return reads
+
+
+@pytest.mark.parametrize("budget", [None, 0, 20_000])  # default, nothing kept, two batches
+def test_the_second_pass_replays_kept_batches_within_the_memory_budget(
+    parquet_folder: Path, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, budget: int | None
+) -> None:
+    from mlruntime_xgboost import adapter
+
+    reads = _count_reads(monkeypatch)
     connector = DataConnector.from_sources(parquet_folder)
     it = adapter.ConnectorIter(connector, FEATURES, "y", None, batch_size=500, cache_bytes=budget)
     dm = xgb.QuantileDMatrix(it, max_bin=64)
@@ -95,14 +103,7 @@ def test_the_first_pass_takes_batches_read_ahead(
     connector = DataConnector.from_sources(parquet_folder)
     # started before anything else, as a worker does before importing xgboost
     ahead = read_ahead_features(connector, FEATURES, "y", batch_size=500)
-    reads: list[int] = []
-    original = adapter.feature_batches
-
-    def counted(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        reads.append(1)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(adapter, "feature_batches", counted)
+    reads = _count_reads(monkeypatch)
     it = adapter.ConnectorIter(
         connector, FEATURES, "y", None, batch_size=500, cache_bytes=budget, first_pass=ahead
     )

@@ -373,28 +373,3 @@ def test_a_single_worker_starts_no_tracker() -> None:
     info = backend.driver_setup(SimpleNamespace(scaling=scaling))  # type: ignore[arg-type]
     assert info == {"tracker_args": None, "use_gpu": False, "nthread": 2}
     assert backend._tracker is None  # nothing to synchronise: no rendezvous, no collective
-
-
-def test_a_worker_unpickles_its_job_without_importing_xgboost(tmp_path: Path) -> None:
-    # The worker reads its shard ahead while xgboost loads (1-2 s in a new process): that
-    # needs a job (trainer, backend) whose unpickling imports no framework.
-    import subprocess
-    import sys
-    from functools import partial
-
-    from ray import cloudpickle
-
-    from mlruntime.train.gbdt_worker import run_trainer
-
-    est = XGBEstimator(n_estimators=2)
-    job = (partial(run_trainer, est._trainer(), {"params": {}}), est._backend())
-    path = tmp_path / "job.pkl"
-    path.write_bytes(cloudpickle.dumps(job))
-    code = (
-        "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
-        "print([m for m in ('xgboost', 'sklearn', 'scipy') if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
