@@ -55,6 +55,15 @@ def test_adapter_refuses_bad_columns(frame: pd.DataFrame) -> None:
         ).to_xgboost_dmatrix(label_col="y", input_cols=FEATURES)
 
 
+def _assert_same_matrix(dm: xgb.QuantileDMatrix, frame: pd.DataFrame) -> None:
+    """Rows, labels and bin edges equal a 64-bin QuantileDMatrix built from the frame."""
+    reference = xgb.QuantileDMatrix(frame[FEATURES].to_numpy(), frame["y"], max_bin=64)
+    assert dm.num_row() == len(frame)
+    np.testing.assert_array_equal(dm.get_label(), reference.get_label())
+    for got, want in zip(dm.get_quantile_cut(), reference.get_quantile_cut(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the adapter's reads of a connector (one per call of ``feature_batches``)."""
     from mlruntime_xgboost import adapter
@@ -86,11 +95,7 @@ def test_the_second_pass_replays_kept_batches_within_the_memory_budget(
         assert len(reads) == 1
     else:  # XGBoost makes several passes (four in 3.x): each one reads again
         assert len(reads) >= 2
-    reference = xgb.QuantileDMatrix(frame[FEATURES].to_numpy(), frame["y"], max_bin=64)
-    assert dm.num_row() == 4000
-    np.testing.assert_array_equal(dm.get_label(), reference.get_label())
-    for got, want in zip(dm.get_quantile_cut(), reference.get_quantile_cut(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    _assert_same_matrix(dm, frame)
 
 
 @pytest.mark.parametrize("budget", [None, 0])  # kept for the next passes, or read again
@@ -112,8 +117,4 @@ def test_the_first_pass_takes_batches_read_ahead(
         assert reads == []  # the read-ahead was the only read
     else:  # the first pass was the read-ahead, the others read again
         assert len(reads) >= 1
-    reference = xgb.QuantileDMatrix(frame[FEATURES].to_numpy(), frame["y"], max_bin=64)
-    assert dm.num_row() == 4000
-    np.testing.assert_array_equal(dm.get_label(), reference.get_label())
-    for got, want in zip(dm.get_quantile_cut(), reference.get_quantile_cut(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-6)
+    _assert_same_matrix(dm, frame)
