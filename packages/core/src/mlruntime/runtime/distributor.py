@@ -407,7 +407,10 @@ class Distributor:
             import ray
 
             try:
-                ray.get(group.state.reset.remote(checkpoint))
+                if group.jobs_run or checkpoint is not None:
+                    # A new group's job state is empty already: its actor may still be
+                    # starting, and the job need not wait for it (reports queue meanwhile).
+                    ray.get(group.state.reset.remote(checkpoint))
                 backend_info = self.backend.driver_setup(group)
                 contexts = group.contexts(
                     backend_info=backend_info,

@@ -240,6 +240,8 @@ class WorkerGroup:
         self.loopback = False
         """Whether every rank runs on the driver's node, so jobs talk over 127.0.0.1 only."""
         self.timings: dict[str, float] = {}
+        self.jobs_run = 0
+        """Jobs started on this group (0: its job state is as new, nothing to reset)."""
 
     @property
     def size(self) -> int:
@@ -480,6 +482,7 @@ class WorkerGroup:
 
         if not self.actors:
             raise WorkerError(f"{self.name}: the worker group is not started (or was stopped)")
+        self.jobs_run += 1
         refs = [
             actor.execute.options(concurrency_group=JOB_THREAD).remote(
                 fn,
