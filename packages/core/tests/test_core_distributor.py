@@ -348,6 +348,28 @@ def test_a_warm_group_is_reused_by_the_next_job(ray_cluster: None, tmp_path: Pat
     assert first == second  # same worker processes
 
 
+def report_tagged(tag: str) -> int:
+    """Reports two steps tagged with ``tag``; returns the worker's pid."""
+    for step in range(2):
+        get_context().report({"tag": tag, "step": step})
+    return os.getpid()
+
+
+def test_a_reused_group_starts_each_job_with_an_empty_job_state(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    # A new group's job does not wait for its job state (empty already); a reused one's is
+    # emptied before the next job, so nothing of the last job's reports leaks into it.
+    from functools import partial
+
+    d = quiet()
+    first = d.run(partial(report_tagged, "first"), artifact_location=tmp_path)
+    second = d.run(partial(report_tagged, "second"), artifact_location=tmp_path)
+    assert first.return_values == second.return_values  # the same (warm) workers
+    for result, tag in ((first, "first"), (second, "second")):
+        assert result.get_metrics_history() == [{"tag": tag, "step": 0}, {"tag": tag, "step": 1}]
+
+
 def test_warm_groups_of_different_shapes_are_kept_while_they_fit(
     ray_cluster: None, tmp_path: Path
 ) -> None:
