@@ -710,6 +710,52 @@ def test_only_what_the_framework_rejects_after_joining_is_called_invalid_paramet
         assert "invalid fake parameters {'eta': 1}: unknown objective" in failure.message
 
 
+class _LegacyRejecting:
+    """A GBDT trainer written before ``read_ahead``: a ``framework_error`` class attribute and a
+    three-argument ``build``."""
+
+    framework = "legacy"
+    framework_error = (ValueError,)
+
+    def framework_errors(self) -> tuple[type[BaseException], ...]:
+        return ()
+
+    def read_ahead(self, ctx: Any, spec: dict[str, Any]) -> Any:
+        return None
+
+    def params(self, ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def join(self, ctx: Any, params: dict[str, Any]) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def build(self, ctx: Any, spec: dict[str, Any], params: dict[str, Any]) -> Any:
+        raise ValueError("unknown objective")
+
+
+def test_a_trainer_written_before_read_ahead_still_runs_and_names_bad_parameters(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    from functools import partial
+
+    import pandas as pd
+
+    from mlruntime.train.gbdt_worker import run_trainer
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
+    job = partial(run_trainer, _LegacyRejecting(), {"label": "y", "params": {"eta": 1}})
+    with pytest.raises(WorkerError) as err:
+        Distributor(one, verbose=False).run(
+            job, dataset_map={"train": data}, artifact_location=tmp_path
+        )
+    (failure,) = err.value.failures
+    assert failure.error_type == "ConfigError"
+    assert "invalid legacy parameters {'eta': 1}: unknown objective" in failure.message
+
+
 class _ReadsAhead(GBDTTrainer):
     """A GBDT trainer that reads ahead without end and takes only part of it in build."""
 

@@ -282,3 +282,29 @@ def test_read_ahead_features_gives_feature_batches_and_bounds_its_memory(
     default = read_ahead_features(connector, ["a", "b"], "y", batch_size=128)
     assert default._limit > 1  # a quarter of the available memory holds many
     default.close()
+
+
+def test_closing_a_read_ahead_wakes_its_consumer_and_need_not_wait_for_the_reader() -> None:
+    from mlruntime.data.batching import ReadAhead
+
+    release = threading.Event()
+
+    def slow() -> Iterator[int]:
+        yield 0
+        release.wait(timeout=60)  # an item that takes long to make (a whole shard)
+        yield 1
+
+    ahead = ReadAhead(slow(), depth=1, name="test-slow-reader")
+    assert next(ahead) == 0
+    got: list[object] = []
+    consumer = threading.Thread(target=lambda: got.append(list(ahead)))
+    consumer.start()  # waits for item 1
+    closer = threading.Thread(target=ahead.close, kwargs={"wait": False})
+    closer.start()
+    closer.join(timeout=30)
+    consumer.join(timeout=30)
+    assert not closer.is_alive()  # returned while the reader is still inside its item
+    assert not consumer.is_alive() and got == [[]]  # woken, and told the items ended
+    release.set()
+    ahead._thread.join(timeout=30)
+    assert not ahead._thread.is_alive()  # the reader stops by itself after that item

@@ -118,3 +118,30 @@ def test_the_first_pass_takes_batches_read_ahead(
     else:  # the first pass was the read-ahead, the others read again
         assert len(reads) >= 1
     _assert_same_matrix(dm, frame)
+
+
+def test_a_worker_reads_ahead_and_caches_within_one_budget_shared_by_its_node(
+    parquet_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlruntime_xgboost import estimator
+
+    class Ctx:  # what the trainer asks of its worker's context
+        def get_local_world_size(self) -> int:
+            return 4
+
+        def get_dataset_map(self) -> dict[str, DataConnector]:
+            return {"train": DataConnector.from_sources(parquet_folder)}
+
+    monkeypatch.setattr(estimator, "available_memory", lambda: 400_000_000)
+    trainer = estimator._XGBTrainer()
+    spec = {"features": FEATURES, "label": "y", "weight": None}
+    ahead = trainer.read_ahead(Ctx(), spec)  # type: ignore[arg-type]
+    try:
+        # a quarter of what is available, split among the node's 4 workers, taken once for
+        # the head start and the matrix build's cache of the same batches
+        assert trainer.cache_bytes == 25_000_000
+        batch = estimator.DEFAULT_BATCH_ROWS * (len(FEATURES) + 1) * 4
+        assert ahead is not None and ahead._limit == 25_000_000 // batch == 7
+    finally:
+        assert ahead is not None
+        ahead.close()

@@ -119,15 +119,22 @@ def build_dmatrix(
     batch_size: int = DEFAULT_BATCH_ROWS,
     nthread: int | None = None,
     first_pass: Iterator[Any] | None = None,
+    cache_bytes: int | None = None,
 ) -> Any:
     """Build the matrix from already-checked columns (workers call this on their shard).
 
     ``first_pass``: these columns' ``(X, y, w)`` batches already being read (read ahead), used
-    instead of a first read.
+    instead of a first read. ``cache_bytes``: as for :class:`ConnectorIter`.
     """
     if quantile:
         it = ConnectorIter(
-            connector, input_cols, label_col, weight_col, batch_size, first_pass=first_pass
+            connector,
+            input_cols,
+            label_col,
+            weight_col,
+            batch_size,
+            cache_bytes=cache_bytes,
+            first_pass=first_pass,
         )
         return xgboost.QuantileDMatrix(it, ref=ref, max_bin=max_bin, nthread=nthread)
     xs: list[np.ndarray] = []

@@ -24,7 +24,7 @@ from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
-from mlruntime.train.features import read_ahead_features
+from mlruntime.train.features import available_memory, read_ahead_features
 from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
 from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
@@ -32,7 +32,7 @@ from mlruntime.train.gbdt_worker import (
     RoundReporter,
 )
 from mlruntime.train.inference import BatchPredictor
-from mlruntime_xgboost._defaults import DEFAULT_BATCH_ROWS
+from mlruntime_xgboost._defaults import CACHE_FRACTION, DEFAULT_BATCH_ROWS
 
 __all__ = ["XGBEstimator", "XGBScalingConfig"]
 
@@ -135,6 +135,8 @@ class _XGBTrainer(GBDTTrainer):
     """Joins the collective, builds the shard's QuantileDMatrix, boosts."""
 
     framework = "XGBoost"
+    cache_bytes: int | None = None
+    """This worker's memory budget for decoded batches (set by :meth:`read_ahead`)."""
 
     def framework_errors(self) -> tuple[type[BaseException], ...]:
         import xgboost as xgb
@@ -142,11 +144,20 @@ class _XGBTrainer(GBDTTrainer):
         return (xgb.core.XGBoostError,)
 
     def read_ahead(self, ctx: Context, spec: dict[str, Any]) -> ReadAhead[Any] | None:
+        # One budget for what is read ahead and what the matrix build keeps of it (the same
+        # arrays), taken before either holds anything, and shared by this node's workers.
+        available = available_memory() or 0
+        self.cache_bytes = int(available * CACHE_FRACTION) // max(1, ctx.get_local_world_size())
         train = ctx.get_dataset_map()["train"]
         if isinstance(train, ShardedDataConnector):  # resolved here, not in the reader thread
             train = train.get_shard()
         return read_ahead_features(
-            train, spec["features"], spec["label"], spec["weight"], batch_size=DEFAULT_BATCH_ROWS
+            train,
+            spec["features"],
+            spec["label"],
+            spec["weight"],
+            batch_size=DEFAULT_BATCH_ROWS,
+            max_bytes=self.cache_bytes,
         )
 
     def params(self, ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +194,7 @@ class _XGBTrainer(GBDTTrainer):
             spec["label"],
             spec["weight"],
             first_pass=ahead,
+            cache_bytes=self.cache_bytes,
             **args,
         )
         evals = [(dtrain, "train")]

@@ -194,8 +194,11 @@ class ReadAhead(Iterator[T]):
         if self._done:
             raise StopIteration
         with self._cond:
-            while not self._buffer:
+            while not self._buffer and not self._stop:
                 self._cond.wait()
+            if not self._buffer:  # closed (from another thread) while waiting
+                self._done = True
+                raise StopIteration
             item = self._buffer.popleft()
             self._limit = self._then
             self._cond.notify_all()
@@ -207,15 +210,18 @@ class ReadAhead(Iterator[T]):
             raise item
         return item  # type: ignore[return-value]
 
-    def close(self) -> None:
-        """Stop the producer (it ends once its current item is made) and drop what it read."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the producer and drop what it read. It ends once its current item is made:
+        ``wait`` for that (and for the source's clean-up), or not (on the way out of an error:
+        the thread then finishes the item by itself, and the error is not held up by it)."""
         self._done = True
         with self._cond:
             self._stop = True
             self._buffer.clear()
             self._cond.notify_all()
-        self._thread.join()
-        self._buffer.clear()  # a marker it added while stopping
+        if wait:
+            self._thread.join()
+            self._buffer.clear()  # a marker it added while stopping
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:

@@ -192,6 +192,11 @@ def check_labels(ctx: Context, label: str) -> None:
             raise null_label_error(what, label, nulls)
 
 
+def _legacy_errors(trainer: GBDTTrainer) -> tuple[type[BaseException], ...]:
+    """The ``framework_error`` class attribute trainers had before :meth:`framework_errors`."""
+    return tuple(getattr(trainer, "framework_error", ()))
+
+
 def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     """Runs on every rank: start reading the shard (while the framework loads), build the
     matrices, resume, boost; rank 0 returns the model.
@@ -209,7 +214,10 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
         with trainer.join(ctx, params):
             try:
                 ctx.phase("loading data")
-                data = trainer.build(ctx, spec, params, ahead)
+                if ahead is None:  # trainers written before read_ahead take three arguments
+                    data = trainer.build(ctx, spec, params)
+                else:
+                    data = trainer.build(ctx, spec, params, ahead)
                 if ahead is not None:
                     ahead.close()  # read to the end by now, or left: free it before training
                     ahead = None
@@ -223,15 +231,15 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
                     )
                 reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
                 model = trainer.train(ctx, spec, params, data, resume, reporter)
-            except trainer.framework_errors() as exc:
+            except (*trainer.framework_errors(), *_legacy_errors(trainer)) as exc:
                 lines = str(exc).strip().splitlines()
                 first = lines[0] if lines else repr(exc)
                 raise ConfigError(
                     f"invalid {trainer.framework} parameters {spec['params']}: {first}"
                 ) from exc
     finally:
-        if ahead is not None:
-            ahead.close()
+        if ahead is not None:  # an error on the way: do not wait for the reader's current item
+            ahead.close(wait=False)
     out: dict[str, Any] = {"device": trainer.device(params), "peak_memory_growth": memory.growth()}
     if ctx.get_rank() == 0:
         out["model"] = trainer.dump(model)
