@@ -658,6 +658,21 @@ def test_every_job_of_a_warm_worker_runs_on_the_same_thread(ray_cluster: None) -
         group.shutdown()
 
 
+def _run_trainer_job(trainer: Any, spec: dict[str, Any], tmp_path: Path) -> Any:
+    """``run_trainer`` with ``trainer`` as a real one-worker job over two rows (x, label y)."""
+    from functools import partial
+
+    import pandas as pd
+
+    from mlruntime.train.gbdt_worker import run_trainer
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
+    return Distributor(one, verbose=False).run(
+        partial(run_trainer, trainer, spec), dataset_map={"train": data}, artifact_location=tmp_path
+    )
+
+
 class _Rejecting(GBDTTrainer):
     """A GBDT trainer whose framework fails either joining its collective or building."""
 
@@ -689,19 +704,8 @@ class _Rejecting(GBDTTrainer):
 def test_only_what_the_framework_rejects_after_joining_is_called_invalid_parameters(
     ray_cluster: None, tmp_path: Path, fails_in: str
 ) -> None:
-    from functools import partial
-
-    import pandas as pd
-
-    from mlruntime.train.gbdt_worker import run_trainer
-
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
-    job = partial(run_trainer, _Rejecting(fails_in), {"label": "y", "params": {"eta": 1}})
     with pytest.raises(WorkerError) as err:
-        Distributor(one, verbose=False).run(
-            job, dataset_map={"train": data}, artifact_location=tmp_path
-        )
+        _run_trainer_job(_Rejecting(fails_in), {"label": "y", "params": {"eta": 1}}, tmp_path)
     (failure,) = err.value.failures
     if fails_in == "join":  # a failed rendezvous is not the user's parameters
         assert failure.error_type == "ValueError" and "rendezvous interrupted" in failure.message
@@ -738,19 +742,8 @@ class _LegacyRejecting:
 def test_a_trainer_written_before_read_ahead_still_runs_and_names_bad_parameters(
     ray_cluster: None, tmp_path: Path
 ) -> None:
-    from functools import partial
-
-    import pandas as pd
-
-    from mlruntime.train.gbdt_worker import run_trainer
-
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
-    job = partial(run_trainer, _LegacyRejecting(), {"label": "y", "params": {"eta": 1}})
     with pytest.raises(WorkerError) as err:
-        Distributor(one, verbose=False).run(
-            job, dataset_map={"train": data}, artifact_location=tmp_path
-        )
+        _run_trainer_job(_LegacyRejecting(), {"label": "y", "params": {"eta": 1}}, tmp_path)
     (failure,) = err.value.failures
     assert failure.error_type == "ConfigError"
     assert "invalid legacy parameters {'eta': 1}: unknown objective" in failure.message
@@ -786,18 +779,6 @@ class _ReadsAhead(GBDTTrainer):
 def test_what_a_trainer_reads_ahead_reaches_its_build_and_is_closed_before_training(
     ray_cluster: None, tmp_path: Path
 ) -> None:
-    from functools import partial
-
-    import pandas as pd
-
-    from mlruntime.train.gbdt_worker import run_trainer
-
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    data = DataConnector.from_dataframe(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}))
     spec = {"label": "y", "params": {}, "checkpoint_every": 0}
-    result = Distributor(one, verbose=False).run(
-        partial(run_trainer, _ReadsAhead(), spec),
-        dataset_map={"train": data},
-        artifact_location=tmp_path,
-    )
+    result = _run_trainer_job(_ReadsAhead(), spec, tmp_path)
     assert result.return_values[0]["model"] == {"built": [0, 1], "readers_left": 0}

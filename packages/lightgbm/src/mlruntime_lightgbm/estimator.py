@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from mlruntime.data.batching import ReadAhead
-from mlruntime.data.connector import DataConnector, ShardedDataConnector
+from mlruntime.data.connector import DataConnector, resolve_worker_shard
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
@@ -97,9 +97,8 @@ class _LightGBMTrainer(GBDTTrainer):
     def read_ahead(self, ctx: Context, spec: dict[str, Any]) -> ReadAhead[Any] | None:
         if spec["categorical"]:  # their codes need every rank's categories first
             return None
-        train = ctx.get_dataset_map()["train"]
-        if isinstance(train, ShardedDataConnector):  # resolved here, not in the reader thread
-            train = train.get_shard()
+        # this rank's shard resolved here, not in the reader thread
+        train = resolve_worker_shard(ctx.get_dataset_map()["train"])
         features, label, weight = spec["features"], spec["label"], spec["weight"]
         matrix = (shard_matrix(train, features, label, weight) for _ in range(1))
         return ReadAhead(matrix, depth=1, name="mlruntime-read-ahead")

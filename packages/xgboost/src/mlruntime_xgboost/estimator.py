@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlruntime.data.batching import ReadAhead
-from mlruntime.data.connector import ShardedDataConnector
+from mlruntime.data.connector import resolve_worker_shard
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
@@ -148,9 +148,8 @@ class _XGBTrainer(GBDTTrainer):
         # arrays), taken before either holds anything, and shared by this node's workers.
         available = available_memory() or 0
         self.cache_bytes = int(available * CACHE_FRACTION) // max(1, ctx.get_local_world_size())
-        train = ctx.get_dataset_map()["train"]
-        if isinstance(train, ShardedDataConnector):  # resolved here, not in the reader thread
-            train = train.get_shard()
+        # this rank's shard resolved here, not in the reader thread
+        train = resolve_worker_shard(ctx.get_dataset_map()["train"])
         return read_ahead_features(
             train,
             spec["features"],

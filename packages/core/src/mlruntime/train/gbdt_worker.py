@@ -218,7 +218,6 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
                     data = trainer.build(ctx, spec, params)
                 else:
                     data = trainer.build(ctx, spec, params, ahead)
-                if ahead is not None:
                     ahead.close()  # read to the end by now, or left: free it before training
                     ahead = None
                 ctx.phase("training")
