@@ -281,6 +281,42 @@ def test_xgboost_trains_across_both_nodes_from_s3(cluster: dict[str, str], tmp_p
     assert str(result["model_dir"]).startswith("s3://jobs/xgb/runs/")
 
 
+def test_the_nodes_idle_workers_are_topped_up_after_a_job_and_the_next_job_starts_on_them(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    result = _drive(
+        cluster,
+        tmp_path,
+        """
+        from mlruntime.runtime.distributor import release_idle_groups
+        from mlruntime.runtime.warm import idle_workers, top_up_idle_workers
+
+        def where():
+            return {"node": get_context().rank_info.node_id, "pid": os.getpid()}
+
+        mlruntime.init(storage="s3://jobs/warm")
+        first = Distributor(TWO, verbose=False).run(where).return_values
+        release_idle_groups(top_up=False)  # the group's actors end; nothing replaces them
+        started = top_up_idle_workers(wait=True)  # over the raylets' gRPC, with the token
+        idle = idle_workers()
+        second = Distributor(TWO, verbose=False).run(where).return_values
+        emit(first=first, started=started, idle=idle, second=second,
+             workers={n.node_id: n.address for n in mlruntime.get_nodes() if n.num_cpus})
+        """,
+    )
+    workers = dict(result["workers"])  # type: ignore[call-overload]
+    assert sorted(workers.values()) == list(NODE_IPS)
+    # one CPU each: one idle worker started on each worker node, none on the CPU-less head
+    assert result["started"] == {node: 1 for node in workers}
+    idle = dict(result["idle"])  # type: ignore[call-overload]
+    second = list(result["second"])  # type: ignore[call-overload]
+    assert sorted(rank["node"] for rank in second) == sorted(workers)
+    for rank in second:  # the next job's workers are the processes the top-up started
+        assert [rank["pid"]] == idle[rank["node"]]
+    first_pids = {rank["pid"] for rank in result["first"]}  # type: ignore[union-attr]
+    assert not first_pids & {rank["pid"] for rank in second}
+
+
 def test_killed_worker_resumes_from_a_checkpoint_the_remote_node_wrote(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:

@@ -15,6 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlruntime.errors import ConfigError
+from mlruntime.runtime.warm import (
+    preload_modules,
+    ray_system_config,
+    stop_top_ups,
+    top_up_idle_workers,
+)
 
 __all__ = [
     "ADDRESS_ENV",
@@ -31,6 +37,7 @@ ADDRESS_ENV = "MLRUNTIME_ADDRESS"
 
 _lock = threading.Lock()
 _started_by_us = False
+_preloaded: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ def init(
     pip: Sequence[str] | None = None,
     index_url: str | None = None,
     extra_index_urls: Sequence[str] = (),
+    preload: Sequence[str] | str | None = None,
     **ray_options: Any,
 ) -> None:
     """Connect to Ray, starting an embedded local one when no cluster is named.
@@ -121,15 +129,23 @@ def init(
             environment (a uv overlay, cached on each node); see docs/environments.md.
         index_url: The package index for ``pip`` instead of PyPI (an internal repository).
         extra_index_urls: More indexes for ``pip``.
+        preload: Modules every worker process of the embedded Ray imports before it takes
+            work, e.g. ``["xgboost"]`` for many short XGBoost jobs or ``["ray.tune",
+            "xgboost"]`` for tuning them: their first calls skip the imports (1-3 s), and each
+            worker process holds the modules' memory. Default ``MLRUNTIME_PRELOAD``
+            (comma-separated), else none. A cluster's nodes take it at ``ray start`` instead
+            (``RAY_preload_python_modules``); see docs/runtime.md.
         **ray_options: Passed to ``ray.init`` (``num_cpus``, ``num_gpus``, ``runtime_env`` ...).
 
     Raises:
         ConfigError: If Ray is already connected to a different address than the one asked,
             or ``pip`` cannot be resolved (uv's message, before anything starts), or the
             cluster requires Ray's authentication token and none (or a wrong one) is found
-            in ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``.
+            in ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``; or
+            ``preload`` names a module this environment lacks, is given for a cluster Ray
+            did not start here, or differs from what the running embedded Ray preloads.
     """
-    global _started_by_us
+    global _started_by_us, _preloaded
     if storage is not None:
         from mlruntime.store.storage import set_storage
 
@@ -146,8 +162,19 @@ def init(
                     f"Ray is already connected to another cluster; cannot connect to "
                     f"{address!r}. Call mlruntime.shutdown() first."
                 )
+            if preload is not None and preload_modules(preload) != _preloaded:
+                raise ConfigError(
+                    f"Ray is already running, preloading {_preloaded or 'nothing'}; preload "
+                    "takes effect when Ray starts: call mlruntime.shutdown() first"
+                )
             return
         local = address is None and not os.environ.get("RAY_ADDRESS")
+        if preload and not local:
+            raise ConfigError(
+                "preload applies to the Ray mlruntime starts; a cluster's nodes preload "
+                "modules given at `ray start` (RAY_preload_python_modules=xgboost ray start ...)"
+            )
+        modules = preload_modules(preload) if local else []
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
@@ -161,6 +188,9 @@ def init(
         if local:  # loopback only, behind a token of MLRUNTIME_HOME (runtime/security.py)
             options["include_dashboard"] = False
             options.update(security.prepare_local(ray_options))
+            ray_options["_system_config"] = ray_system_config(
+                modules, ray_options.get("_system_config")
+            )
         else:
             security.prepare_cluster(address or os.environ["RAY_ADDRESS"])
         options.update(ray_options)
@@ -182,6 +212,9 @@ def init(
             token, source = security.find_token()
             raise security.cluster_auth_error(cluster, source if token else None) from exc
         _started_by_us = local
+        _preloaded = modules
+        if local:  # this job's own idle workers (ray_system_config: not Ray's first ones)
+            top_up_idle_workers()
 
 
 def started_locally() -> bool:
@@ -201,15 +234,17 @@ def _same_cluster(address: str) -> bool:
 
 def shutdown() -> None:
     """Disconnect from Ray; an embedded Ray started by :func:`init` is stopped."""
-    global _started_by_us
+    global _started_by_us, _preloaded
     with _lock:
         if "mlruntime.runtime.distributor" in sys.modules:
-            sys.modules["mlruntime.runtime.distributor"].release_idle_groups()
+            sys.modules["mlruntime.runtime.distributor"].release_idle_groups(top_up=False)
+        stop_top_ups()
         if is_initialized():
             import ray
 
             ray.shutdown()
         _started_by_us = False
+        _preloaded = []
 
 
 def _ensure_ray() -> Any:

@@ -153,10 +153,11 @@ _idle_since: dict[tuple[Any, ...], float] = {}
 _idle_lock = threading.Lock()
 
 
-def release_idle_groups(older_than: float = 0.0) -> None:
+def release_idle_groups(older_than: float = 0.0, top_up: bool = True) -> None:
     """Stop the worker groups kept warm between jobs (idle for more than ``older_than`` s).
 
-    ``mlruntime.shutdown`` calls this; so does a timer ``KEEP_WARM_S`` after each job.
+    ``mlruntime.shutdown`` calls this (``top_up=False``: no idle workers started in their
+    place); so does a timer ``KEEP_WARM_S`` after each job.
     """
     now = time.monotonic()
     with _idle_lock:
@@ -166,7 +167,7 @@ def release_idle_groups(older_than: float = 0.0) -> None:
             _idle_since.pop(k, None)
     for group in groups:
         try:
-            group.shutdown()
+            group.shutdown(top_up=top_up)
         except Exception:
             pass
 

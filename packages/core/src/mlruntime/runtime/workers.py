@@ -252,8 +252,9 @@ class WorkerGroup:
         """Reserve the workers' resources, start the actors and assign ranks.
 
         Several workers are reserved together in a placement group (all placed or none). A
-        single worker is a plain actor with the same resources: Ray can then start it on a
-        worker process it keeps idle, which a placement group's actors never use.
+        single worker is a plain actor with the same resources (no group to create). Both
+        start on the idle worker processes their nodes keep for this job when there are some
+        (:mod:`mlruntime.runtime.warm`).
 
         Raises:
             ResourceError: If the workers cannot be placed within the placement timeout.
@@ -269,13 +270,6 @@ class WorkerGroup:
             bundle["GPU"] = s.num_gpus
         if s.memory:
             bundle["memory"] = float(s.memory)
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        # On the driver's node, so it outlives worker nodes that go away (it holds no data).
-        # Started before any placement group: it then takes one of the worker processes Ray
-        # keeps idle (a placement group makes Ray start fresh ones, about 0.5 s each here).
-        self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
         if s.num_workers > 1:
             self._pg = placement_group(
                 [dict(bundle)] * s.num_workers, strategy=s.placement_strategy
@@ -294,9 +288,9 @@ class WorkerGroup:
         waited = 0.0
         if self._pg is None:
             # One worker: a plain actor with the bundle's resources is the same reservation,
-            # and Ray can start it on a worker process it keeps idle (a placement group's
-            # actors never use those; about 0.5 s per process here). Its readiness includes
-            # starting the process, so room is made by looking at the free resources first.
+            # and it takes any idle worker process (a placement group's actors only take the
+            # job's own, runtime/warm.py). Its readiness includes starting the process, so
+            # room is made by looking at the free resources first.
             if not _fits_within(ray, bundle, MAKE_ROOM_AFTER_S):
                 if self.make_room is not None:
                     self.make_room()
@@ -319,8 +313,9 @@ class WorkerGroup:
             for actor in self.actors:
                 ray.kill(actor, no_restart=True)
             self.actors = []
-            ray.kill(self.state)
-            self.state = None
+            if self.state is not None:
+                ray.kill(self.state)
+                self.state = None
             available = ray.available_resources()
             raise ResourceError(
                 f"could not place {s.describe()} within {PLACEMENT_TIMEOUT_S:g}s; available "
@@ -331,7 +326,15 @@ class WorkerGroup:
             self._start_actors(ray, strategy)
             described = [a.describe.remote() for a in self.actors]
         infos = ray.get(described)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # The job state: on the driver's node if it can, so it outlives worker nodes that go
+        # away (it holds no data). Asked for once the workers run, so they took the idle
+        # worker processes (runtime/warm.py) and it cannot; its start overlaps the job's, and
+        # the calls made to it meanwhile wait in its queue.
         driver_node = ray.get_runtime_context().get_node_id()
+        here = NodeAffinitySchedulingStrategy(driver_node, soft=True)
+        self.state = ray.remote(num_cpus=0)(_JobState).options(scheduling_strategy=here).remote()
         self.loopback = all(info["node_id"] == driver_node for info in infos)
         if self.loopback:  # one machine: peers and the driver meet on loopback only
             infos = [{**info, "node_ip": LOOPBACK} for info in infos]
@@ -542,11 +545,20 @@ class WorkerGroup:
                 pass
         self.actors = []
 
-    def shutdown(self) -> None:
-        """Kill the actors and the job state, and release the placement group."""
+    def shutdown(self, top_up: bool = True) -> None:
+        """Kill the actors and the job state, and release the placement group.
+
+        Args:
+            top_up: Then have the nodes start idle worker processes in their place (in the
+                background; :func:`~mlruntime.runtime.warm.top_up_idle_workers`), so the next
+                job starts on warm ones. Not for a group with its own runtime env (its
+                processes are not the plain ones a top-up starts).
+        """
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        ended = [a for a in [*self.actors, self.state] if a is not None]
+        nodes = {r.node_id for r in self.ranks}
         self.kill_workers()
         if self.state is not None:
             try:
@@ -560,6 +572,15 @@ class WorkerGroup:
             except Exception:
                 pass
             self._pg = None
+        if top_up and ended and not self.runtime_env:
+            from mlruntime.runtime.warm import top_up_idle_workers
+
+            try:
+                nodes.add(ray.get_runtime_context().get_node_id())  # the job state's node
+                ids = [a._actor_id.binary() for a in ended]
+            except Exception:
+                return
+            top_up_idle_workers(nodes, ids)
 
     def alive(self) -> bool:
         """Whether every actor still answers."""

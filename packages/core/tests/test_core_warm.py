@@ -1,0 +1,154 @@
+"""Warm worker processes: preloaded modules and the idle pool topped up after jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import mlruntime
+from mlruntime.errors import ConfigError
+from mlruntime.runtime.warm import PRELOAD_ENV, preload_modules, ray_system_config
+
+
+def test_preload_names_are_checked_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert preload_modules(["json", "email.mime", "json"]) == ["json", "email.mime"]
+    assert preload_modules(" json , csv,") == ["json", "csv"]
+    monkeypatch.setenv(PRELOAD_ENV, "csv,json")
+    assert preload_modules(None) == ["csv", "json"]
+    monkeypatch.delenv(PRELOAD_ENV)
+    assert preload_modules(None) == []
+    with pytest.raises(ConfigError, match="no module named 'xgbost'"):
+        preload_modules(["json", "xgbost"])
+    with pytest.raises(ConfigError, match="'json mime' is not a module name"):
+        preload_modules(["json mime"])
+    with pytest.raises(ConfigError, match="must be module names"):
+        preload_modules([1])  # type: ignore[list-item]
+
+
+def test_system_config_preloads_and_keeps_what_the_user_set() -> None:
+    assert ray_system_config(["json"], None) == {
+        "preload_python_modules": ["json"],
+        "prestart_worker_first_driver": False,
+    }
+    mine = {"prestart_worker_first_driver": True, "object_timeout_milliseconds": 5}
+    assert ray_system_config([], mine) == mine
+    with pytest.raises(ConfigError, match="disagree"):
+        ray_system_config(["json"], {"preload_python_modules": ["csv"]})
+
+
+def test_preload_for_a_running_ray_is_refused(ray_cluster: None) -> None:
+    # the shared test Ray preloads nothing: asking for a module later cannot take effect
+    with pytest.raises(ConfigError, match="preload takes effect when Ray starts"):
+        mlruntime.init(preload=["json"])
+    mlruntime.init(preload=[])  # what it has: fine
+
+
+# A fresh embedded Ray (2 CPUs) in its own process: the pool state is known there.
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import mlruntime
+    from mlruntime.errors import ConfigError
+    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig, resolve_scaling
+    from mlruntime.runtime.warm import idle_workers, top_up_idle_workers
+    from mlruntime.runtime.workers import WorkerGroup
+
+    out = {}
+    try:
+        mlruntime.init(address="127.0.0.9:6379", preload=["warm_probe"])
+    except ConfigError as exc:
+        out["cluster_refused"] = str(exc)
+    mlruntime.init(num_cpus=2, preload=["warm_probe"])
+    import ray
+
+    waits = out["waits"] = []
+
+    def idle(count):
+        start = time.monotonic()
+        while time.monotonic() < start + 60:
+            pids = [p for ps in idle_workers().values() for p in ps]
+            if len(pids) >= count:
+                break
+            time.sleep(0.1)
+        waits.append(round(time.monotonic() - start, 2))
+        return sorted(pids)
+
+    def probe():
+        import warm_probe
+        return os.getpid(), warm_probe.IMPORTED_AT
+
+    two = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    out["idle_at_start"] = idle(2)
+    group = WorkerGroup(resolve_scaling(two, mlruntime.get_nodes()))
+    asked = time.time()
+    group.start()
+    first = group.run(probe)
+    out["first_pids"] = sorted(p for p, _ in first)
+    out["imported_before_asked"] = all(at < asked for _, at in first)
+    group.shutdown(top_up=False)
+    time.sleep(1.0)
+    out["idle_after_shutdown"] = idle(0)
+    out["started"] = sum(top_up_idle_workers(wait=True).values())
+    out["idle_after_top_up"] = idle(2)
+    out["again"] = top_up_idle_workers(wait=True)
+    group = WorkerGroup(resolve_scaling(two, mlruntime.get_nodes()))
+    group.start()
+    out["second_pids"] = sorted(p for p, _ in group.run(probe))
+    group.shutdown()
+    out["idle_after_background_top_up"] = idle(2)
+    mlruntime.shutdown()
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.timeout(240)
+def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "warm_probe.py").write_text("import time\nIMPORTED_AT = time.time()\n")
+    script = tmp_path / "warm_script.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).strip(
+        os.pathsep
+    )
+    env["MLRUNTIME_HOME"] = str(tmp_path / "home")
+    env.pop("MLRUNTIME_ADDRESS", None)
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=220,
+        check=False,
+        cwd=tmp_path,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+
+    assert "ray start" in out["cluster_refused"]  # preload is for the Ray mlruntime starts
+    # init leaves one idle worker per CPU for this job; a 2-worker placement group's actors
+    # start on them, and the module was imported there before the job was even asked for
+    assert len(out["idle_at_start"]) == 2
+    assert out["first_pids"] == out["idle_at_start"]
+    assert out["imported_before_asked"]
+    # Ray does not replace them when the actors end (at most a process it started meanwhile
+    # stays idle); the top-up fills the pool up to one per CPU, once
+    assert len(out["idle_after_shutdown"]) + out["started"] == 2
+    assert len(out["idle_after_top_up"]) == 2
+    assert out["again"] == {}
+    assert out["second_pids"] == out["idle_after_top_up"]
+    # a group's shutdown tops the pool up by itself (in the background)
+    assert len(out["idle_after_background_top_up"]) == 2
+    assert not set(out["idle_after_background_top_up"]) & set(out["second_pids"])
