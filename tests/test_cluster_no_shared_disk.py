@@ -295,20 +295,28 @@ def test_the_nodes_idle_workers_are_topped_up_after_a_job_and_the_next_job_start
             return {"node": get_context().rank_info.node_id, "pid": os.getpid()}
 
         mlruntime.init(storage="s3://jobs/warm")
+        workers = {n.node_id: n.address for n in mlruntime.get_nodes() if n.num_cpus}
         first = Distributor(TWO, verbose=False).run(where).return_values
-        release_idle_groups(top_up=False)  # the group's actors end; nothing replaces them
-        started = top_up_idle_workers(wait=True)  # over the raylets' gRPC, with the token
-        idle = idle_workers()
+        # the group's actors end; the nodes are asked for idle workers in their place (in the
+        # background, over the raylets' gRPC, with the cluster's token)
+        release_idle_groups()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            idle = idle_workers()
+            if all(idle.get(node) for node in workers):
+                break
+            time.sleep(0.1)
+        again = top_up_idle_workers(wait=True)  # full already: starts nothing
         second = Distributor(TWO, verbose=False).run(where).return_values
-        emit(first=first, started=started, idle=idle, second=second,
-             workers={n.node_id: n.address for n in mlruntime.get_nodes() if n.num_cpus})
+        emit(first=first, idle=idle, again=again, second=second, workers=workers)
         """,
     )
     workers = dict(result["workers"])  # type: ignore[call-overload]
     assert sorted(workers.values()) == list(NODE_IPS)
-    # one CPU each: one idle worker started on each worker node, none on the CPU-less head
-    assert result["started"] == {node: 1 for node in workers}
     idle = dict(result["idle"])  # type: ignore[call-overload]
+    # one CPU each: one idle worker on each worker node, none on the CPU-less head
+    assert all(len(idle[node]) == 1 for node in workers)
+    assert result["again"] == {}
     second = list(result["second"])  # type: ignore[call-overload]
     assert sorted(rank["node"] for rank in second) == sorted(workers)
     for rank in second:  # the next job's workers are the processes the top-up started

@@ -33,15 +33,36 @@ def test_preload_names_are_checked_before_anything_starts(
         preload_modules([1])  # type: ignore[list-item]
 
 
-def test_system_config_preloads_and_keeps_what_the_user_set() -> None:
+def test_a_dotted_name_is_found_without_importing_its_package(tmp_path: Path) -> None:
+    package = tmp_path / "loud_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (package / "quiet.py").write_text("")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert preload_modules(["loud_package.quiet"]) == ["loud_package.quiet"]
+        with pytest.raises(ConfigError, match=r"no module named 'loud_package\.missing'"):
+            preload_modules(["loud_package.missing"])
+        assert "loud_package" not in sys.modules
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_system_config_preloads_and_keeps_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert ray_system_config(["json"], None) == {
         "preload_python_modules": ["json"],
-        "prestart_worker_first_driver": False,
+        "prestart_worker_first_driver": False,  # init asks for this job's idle workers
     }
     mine = {"prestart_worker_first_driver": True, "object_timeout_milliseconds": 5}
     assert ray_system_config([], mine) == mine
     with pytest.raises(ConfigError, match="disagree"):
         ray_system_config(["json"], {"preload_python_modules": ["csv"]})
+    # no top-up (switched off, or a job-wide runtime env): Ray keeps its own idle workers
+    assert ray_system_config([], None, top_up=False) == {}
+    monkeypatch.setenv("MLRUNTIME_TOP_UP", "0")
+    assert ray_system_config([], None) == {}
 
 
 def test_preload_for_a_running_ray_is_refused(ray_cluster: None) -> None:
@@ -93,10 +114,10 @@ _SCRIPT = textwrap.dedent(
     first = group.run(probe)
     out["first_pids"] = sorted(p for p, _ in first)
     out["imported_before_asked"] = all(at < asked for _, at in first)
+    ended = [a._actor_id.binary() for a in [*group.actors, group.state]]
     group.shutdown(top_up=False)
-    time.sleep(1.0)
     out["idle_after_shutdown"] = idle(0)
-    out["started"] = sum(top_up_idle_workers(wait=True).values())
+    out["started"] = sum(top_up_idle_workers(ended_actor_ids=ended, wait=True).values())
     out["idle_after_top_up"] = idle(2)
     out["again"] = top_up_idle_workers(wait=True)
     group = WorkerGroup(resolve_scaling(two, mlruntime.get_nodes()))

@@ -16,8 +16,10 @@ from typing import Any
 
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.warm import (
+    is_driver,
     preload_modules,
     ray_system_config,
+    resume_top_ups,
     stop_top_ups,
     top_up_idle_workers,
 )
@@ -167,6 +169,8 @@ def init(
                     f"Ray is already running, preloading {_preloaded or 'nothing'}; preload "
                     "takes effect when Ray starts: call mlruntime.shutdown() first"
                 )
+            if is_driver():  # a Ray the user started: the top-ups work there too
+                resume_top_ups()
             return
         local = address is None and not os.environ.get("RAY_ADDRESS")
         if preload and not local:
@@ -189,7 +193,10 @@ def init(
             options["include_dashboard"] = False
             options.update(security.prepare_local(ray_options))
             ray_options["_system_config"] = ray_system_config(
-                modules, ray_options.get("_system_config")
+                modules,
+                ray_options.get("_system_config"),
+                # a job-wide runtime env: plain idle workers would not fit its actors
+                top_up=not ray_options.get("runtime_env"),
             )
         else:
             security.prepare_cluster(address or os.environ["RAY_ADDRESS"])
@@ -213,8 +220,10 @@ def init(
             raise security.cluster_auth_error(cluster, source if token else None) from exc
         _started_by_us = local
         _preloaded = modules
-        if local:  # this job's own idle workers (ray_system_config: not Ray's first ones)
-            top_up_idle_workers()
+        if is_driver():
+            resume_top_ups()
+            if local:  # this job's own idle workers (ray_system_config: not Ray's first ones)
+                top_up_idle_workers()
 
 
 def started_locally() -> bool:

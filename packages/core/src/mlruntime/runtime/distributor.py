@@ -8,6 +8,7 @@ side by side), so a job of a shape seen before starts in well under a second.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -191,7 +192,11 @@ def _acquire(
     # Groups of other shapes stay warm while this one fits beside them (a CPU job and a GPU
     # job alternating both reuse theirs); if it does not fit at once, they make room.
     group = WorkerGroup(
-        scaling, name=progress.name, runtime_env=runtime_env, make_room=release_idle_groups
+        scaling,
+        name=progress.name,
+        runtime_env=runtime_env,
+        # no top-up while this group is being placed: its actors would race the new workers
+        make_room=functools.partial(release_idle_groups, top_up=False),
     )
     group.start()
     return group

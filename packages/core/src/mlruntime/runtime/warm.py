@@ -8,12 +8,14 @@ Tune 1.3 s). Two things keep that start warm:
   (Ray's ``preload_python_modules``), chosen with ``mlruntime.init(preload=[...])`` or
   ``MLRUNTIME_PRELOAD``: the framework of many short jobs or trials is then imported while the
   workers wait, not while the user does.
-- **top-up**: Ray starts one idle worker per CPU with the cluster and never replaces them: an
-  actor's process exits with the actor. After mlruntime's own actors end (a worker group
-  released, a tuning run finished), :func:`top_up_idle_workers` asks each node's raylet to
-  start idle workers for this job again, up to the node's CPU count (the pool Ray itself keeps;
-  Ray stops idle workers above that count by itself). Ray also hands a job's own idle workers to
-  placement-group actors, which never took the ones it started with the cluster.
+- **top-up**: Ray keeps one idle worker per CPU but never replaces one an actor used: the
+  process exits with the actor. Placement-group actors (a multi-worker job's, a Ray Tune
+  trial's) did not take the idle workers Ray starts with the cluster either, only idle workers
+  started for their own job (measured). So the embedded Ray starts without Ray's, ``init``
+  asks for this job's, and after mlruntime's own actors end (a worker group released, a tuning
+  run finished) :func:`top_up_idle_workers` asks each node's raylet for idle workers for this
+  job again, up to the node's CPU count (what Ray itself keeps), counting those it has and its
+  live actors.
 
 The top-up talks to the raylet's ``PrestartWorkers`` and ``GetNodeStats`` calls (Ray's gRPC
 API, which has no Python wrapper): it is best effort, runs in the background, and a Ray that
@@ -22,6 +24,8 @@ lacks them only loses the speed.
 
 from __future__ import annotations
 
+import atexit
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -36,8 +40,11 @@ __all__ = [
     "PRELOAD_ENV",
     "TOP_UP_ENV",
     "idle_workers",
+    "is_driver",
     "preload_modules",
+    "resume_top_ups",
     "stop_top_ups",
+    "top_up_enabled",
     "top_up_idle_workers",
 ]
 
@@ -54,10 +61,18 @@ _RPC_TIMEOUT_S = 5.0
 REGISTER_TIMEOUT_S = 30.0
 """How long a top-up waits for the workers it started to register with their raylet."""
 
+REGISTER_STALL_S = 2.0
+"""No new registration for this long after some did: the raylet dropped the rest of a request
+(it starts at most its startup concurrency at once), so the top-up asks again."""
+
+MAX_ASKS = 8
+"""Requests per node and pass at most (a node with more logical CPUs than its raylet starts at
+once needs several)."""
+
 KEEP_ALIVE_S = 3600
-"""How long a topped-up idle worker is spared when Ray trims idle workers above its pool size:
-Ray counts the CPUs a placement group reserves as busy, so without it the idle workers go the
-moment a multi-worker job reserves its CPUs, just before its actors could take them."""
+"""How long a topped-up idle worker is spared when Ray trims idle workers above its pool size.
+Without it (measured) the idle workers were stopped as a multi-worker job reserved its CPUs in
+a placement group, just before its actors could take them."""
 
 
 def preload_modules(preload: Sequence[str] | str | None) -> list[str]:
@@ -90,11 +105,7 @@ def preload_modules(preload: Sequence[str] | str | None) -> list[str]:
             continue
         if not all(part.isidentifier() for part in name.split(".")):
             raise ConfigError(f"preload: {name!r} is not a module name")
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+        if not _module_exists(name):
             raise ConfigError(
                 f"preload: no module named {name!r} in this environment; install it or drop it "
                 f"from preload / {PRELOAD_ENV}"
@@ -103,10 +114,30 @@ def preload_modules(preload: Sequence[str] | str | None) -> list[str]:
     return modules
 
 
-def ray_system_config(modules: Sequence[str], system_config: dict[str, Any] | None) -> dict:
-    """``_system_config`` for the embedded Ray: preload ``modules``, and no idle workers of
-    Ray's own at start (``init`` tops the pool up with this job's, which every kind of actor
-    takes; placement-group actors did not take Ray's). Keys given in ``system_config`` win.
+def _module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported, found without importing it or its parents (checking
+    ``xgboost.sklearn`` must not import xgboost into the driver)."""
+    parts = name.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+        for depth in range(1, len(parts)):
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(
+                ".".join(parts[: depth + 1]), list(spec.submodule_search_locations)
+            )
+    except Exception:  # a broken package is as good as a missing one for preloading
+        return False
+    return spec is not None
+
+
+def ray_system_config(
+    modules: Sequence[str], system_config: dict[str, Any] | None, top_up: bool = True
+) -> dict:
+    """``_system_config`` for the embedded Ray: preload ``modules``, and, when ``init`` tops
+    the pool up (``top_up`` and ``MLRUNTIME_TOP_UP``), no idle workers of Ray's own at start:
+    ``init`` asks for this job's, which every kind of actor takes (placement-group actors did
+    not take Ray's). Keys given in ``system_config`` win.
 
     Raises:
         ConfigError: If ``system_config`` already names other modules to preload.
@@ -119,7 +150,8 @@ def ray_system_config(modules: Sequence[str], system_config: dict[str, Any] | No
         )
     if modules:
         merged["preload_python_modules"] = list(modules)
-    merged.setdefault("prestart_worker_first_driver", False)
+    if top_up and top_up_enabled():
+        merged.setdefault("prestart_worker_first_driver", False)
     return merged
 
 
@@ -128,9 +160,38 @@ _ALL = frozenset({"*"})
 
 _top_up_lock = threading.Lock()
 _top_up_thread: threading.Thread | None = None
-_stopped = threading.Event()  # set while Ray is being shut down: no top-up starts or waits
+_stopped = threading.Event()  # set by stop_top_ups: no pass starts, asks or waits
+_stopped.set()  # until resume_top_ups (init, once connected)
 _pending_nodes: set[str] = set()  # asked for while a pass runs ("*": every node)
 _pending_ended: set[bytes] = set()
+_atexit_registered = False
+
+
+def is_driver() -> bool:
+    """Whether this process is a Ray driver (not a worker, a task, or a Ray Client)."""
+    try:
+        from ray._private import worker
+
+        return bool(worker.global_worker.mode == worker.SCRIPT_MODE)
+    except Exception:
+        return False
+
+
+def top_up_enabled() -> bool:
+    """Whether ``MLRUNTIME_TOP_UP`` allows top-ups (default: yes)."""
+    return os.environ.get(TOP_UP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def resume_top_ups() -> None:
+    """Allow top-ups (``mlruntime.init`` calls this once connected from a driver): only a
+    driver tops up, so trial and task processes running nested jobs never do."""
+    global _atexit_registered
+    _stopped.clear()
+    if not _atexit_registered:
+        # runs before Ray's own exit hook (registered earlier, run later): no pass is left
+        # calling a raylet while the interpreter and gRPC shut down
+        atexit.register(stop_top_ups)
+        _atexit_registered = True
 
 
 def top_up_idle_workers(
@@ -142,22 +203,25 @@ def top_up_idle_workers(
     CPU count, counting the idle workers and the actors it has.
 
     Call it after this job's actors ended; it returns at once and works in the background
-    (calls made while a pass runs are served together by one more pass). Nothing happens when
-    Ray is not connected, ``MLRUNTIME_TOP_UP=0``, or the raylet lacks the calls.
+    (calls made while a pass runs are served together by one more pass). Nothing happens
+    outside a driver that ``mlruntime.init`` connected, after ``mlruntime.shutdown()``, with
+    ``MLRUNTIME_TOP_UP=0``, for a job with a runtime env of its own (plain idle workers would
+    not fit its actors), or when the raylet lacks the calls.
 
     Args:
         node_ids: The nodes to top up (default: every alive node).
         ended_actor_ids: Actors just killed (``ActorID.binary()``), not counted even if their
             processes are still exiting.
-        wait: Do it in this thread and return what was started (tests, benchmarks).
+        wait: Do it in this thread, until the workers it started registered (tests,
+            benchmarks).
 
     Returns:
-        With ``wait``: node id -> worker processes started; otherwise ``{}``.
+        With ``wait``: node id -> how many more idle workers and actors it holds after the
+        pass (the workers started and registered); otherwise ``{}``.
     """
     global _top_up_thread
-    if os.environ.get(TOP_UP_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _stopped.is_set() or not top_up_enabled():
         return {}
-    _stopped.clear()
     nodes = _ALL if node_ids is None else set(node_ids)
     if wait:
         return _top_up_safely(nodes, set(ended_actor_ids))
@@ -172,9 +236,10 @@ def top_up_idle_workers(
     return {}
 
 
-def stop_top_ups(timeout: float = 5.0) -> None:
-    """Drop pending top-ups and wait (up to ``timeout`` s) for a running one to end: called
-    before Ray shuts down, so no worker is started or waited for on a stopping cluster."""
+def stop_top_ups(timeout: float = 10.0) -> None:
+    """Drop pending top-ups and wait (up to ``timeout`` s) for a running one to end; none
+    starts until :func:`resume_top_ups`. Called before Ray shuts down and at exit, so no
+    worker is started or waited for on a stopping cluster."""
     _stopped.set()
     with _top_up_lock:
         _pending_nodes.clear()
@@ -208,7 +273,7 @@ def _top_up_safely(nodes: set[str] | frozenset[str], ended: set[bytes]) -> dict[
 def _top_up(nodes: set[str] | frozenset[str] | None, ended: frozenset[bytes]) -> dict[str, int]:
     import ray
 
-    if not ray.is_initialized():
+    if not ray.is_initialized() or ray.get_runtime_context().runtime_env:
         return {}
     common_pb2, node_manager_pb2, _ = _protos()
     job = bytes.fromhex(ray.get_runtime_context().get_job_id())
@@ -216,25 +281,37 @@ def _top_up(nodes: set[str] | frozenset[str] | None, ended: frozenset[bytes]) ->
     for node_id, cpus, stub in _raylets(nodes):
         if cpus <= 0 or _stopped.is_set():
             continue
-        missing = cpus - _workers_held(_stats(stub), job, ended)
-        if missing <= 0:
-            continue
-        stub.PrestartWorkers(
-            node_manager_pb2.PrestartWorkersRequest(
-                language=common_pb2.PYTHON,
-                job_id=job,
-                num_workers=missing,
-                keep_alive_duration_secs=KEEP_ALIVE_S,
-            ),
-            timeout=_RPC_TIMEOUT_S,
-        )
-        started[node_id] = missing
-        # Until they register they are not in the node's stats: a pass right after this one
-        # would start them twice.
+        first = held = _workers_held(_stats(stub), job, ended)
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
-        while time.monotonic() < deadline and not _stopped.wait(0.1):
-            if _workers_held(_stats(stub), job, ended) >= cpus:
+        for _ in range(MAX_ASKS):
+            if held >= cpus or _stopped.is_set() or time.monotonic() > deadline:
                 break
+            stub.PrestartWorkers(
+                node_manager_pb2.PrestartWorkersRequest(
+                    language=common_pb2.PYTHON,
+                    job_id=job,
+                    num_workers=cpus - held,
+                    keep_alive_duration_secs=KEEP_ALIVE_S,
+                ),
+                timeout=_RPC_TIMEOUT_S,
+            )
+            # Until they register they are not in the node's stats (a pass now would start
+            # them twice). The raylet starts at most its startup concurrency at once (no more
+            # than its physical cores) and drops the rest of a request: once some of them
+            # registered and no more come for REGISTER_STALL_S, ask again for what is still
+            # missing. If none registers, they are slow, not dropped: wait, never ask again.
+            registered, last = False, time.monotonic()
+            while not _stopped.wait(0.1) and time.monotonic() < deadline:
+                now = _workers_held(_stats(stub), job, ended)
+                if now > held:
+                    registered, last = True, time.monotonic()
+                held = now
+                if held >= cpus or (registered and time.monotonic() - last > REGISTER_STALL_S):
+                    break
+            if not registered:
+                break
+        if held > first:
+            started[node_id] = held - first
     return started
 
 

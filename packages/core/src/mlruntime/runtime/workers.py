@@ -242,6 +242,7 @@ class WorkerGroup:
         self.timings: dict[str, float] = {}
         self.jobs_run = 0
         """Jobs started on this group (0: its job state is as new, nothing to reset)."""
+        self._killed: list[bytes] = []  # actors killed since the last shutdown (ids)
 
     @property
     def size(self) -> int:
@@ -254,7 +255,7 @@ class WorkerGroup:
         Several workers are reserved together in a placement group (all placed or none). A
         single worker is a plain actor with the same resources (no group to create). Both
         start on the idle worker processes their nodes keep for this job when there are some
-        (:mod:`mlruntime.runtime.warm`).
+        (:mod:`mlruntime.runtime.warm`), unless they have a runtime env of their own.
 
         Raises:
             ResourceError: If the workers cannot be placed within the placement timeout.
@@ -538,6 +539,7 @@ class WorkerGroup:
         """Kill the worker actors (the job state actor stays, so reports can still be read)."""
         import ray
 
+        self._killed.extend(_actor_ids(self.actors))
         for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -557,9 +559,9 @@ class WorkerGroup:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        ended = [a for a in [*self.actors, self.state] if a is not None]
         nodes = {r.node_id for r in self.ranks}
         self.kill_workers()
+        ended = self._killed + _actor_ids([self.state])
         if self.state is not None:
             try:
                 ray.kill(self.state, no_restart=True)
@@ -572,15 +574,15 @@ class WorkerGroup:
             except Exception:
                 pass
             self._pg = None
+        self._killed = []
         if top_up and ended and not self.runtime_env:
             from mlruntime.runtime.warm import top_up_idle_workers
 
             try:
                 nodes.add(ray.get_runtime_context().get_node_id())  # the job state's node
-                ids = [a._actor_id.binary() for a in ended]
-            except Exception:
+            except Exception:  # Ray is gone: nothing to top up
                 return
-            top_up_idle_workers(nodes, ids)
+            top_up_idle_workers(nodes, ended)
 
     def alive(self) -> bool:
         """Whether every actor still answers."""
@@ -593,6 +595,16 @@ class WorkerGroup:
         except Exception:
             return False
         return True
+
+
+def _actor_ids(actors: Sequence[Any]) -> list[bytes]:
+    """Ray's ids of ``actors`` (``None`` and handles without one skipped)."""
+    ids = []
+    for actor in actors:
+        actor_id = getattr(actor, "_actor_id", None)
+        if actor_id is not None:
+            ids.append(actor_id.binary())
+    return ids
 
 
 def _fits_within(ray: Any, bundle: dict[str, float], seconds: float) -> bool:
