@@ -55,12 +55,13 @@ def real_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def init_ray() -> int:
-    """Start (or join) Ray through mlruntime, telling it the real CPU count; returns that count."""
+def init_ray(preload: Sequence[str] = ()) -> int:
+    """Start (or join) Ray through mlruntime, telling it the real CPU count (and the modules its
+    worker processes preload); returns that count."""
     import mlruntime
 
     cpus = real_cpus()
-    mlruntime.init(num_cpus=cpus)
+    mlruntime.init(num_cpus=cpus, preload=list(preload))
     return cpus
 
 

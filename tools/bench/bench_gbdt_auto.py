@@ -22,7 +22,12 @@ Targets (issue: speed on big nodes and GPUs): cold <= 1.3x, warm <= 1.05x, train
 ``device="cuda"`` and ours with its default scaling, which takes the GPU; target <= 1.2x.
 Nothing is asserted.
 
-Run: ``.venv/bin/python tools/bench/bench_gbdt_auto.py [--rows N] [--rounds R] [--gpu]``.
+With ``--preload`` Ray starts with ``mlruntime.init(preload=[the frameworks measured])``: the
+idle worker processes import them before the first fit (docs/runtime.md, "Warm worker
+processes").
+
+Run: ``.venv/bin/python tools/bench/bench_gbdt_auto.py [--rows N] [--rounds R] [--gpu]
+[--preload]``.
 """
 
 from __future__ import annotations
@@ -121,6 +126,11 @@ def main() -> None:
         "--repeat", type=int, default=3, help="repeated fits on each side (medians kept)"
     )
     parser.add_argument("--gpu", action="store_true", help="XGBoost on the GPU, both sides")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="start Ray with mlruntime.init(preload=[the frameworks measured])",
+    )
     args = parser.parse_args()
     if args.gpu:
         import shutil
@@ -135,10 +145,22 @@ def main() -> None:
     os.environ.setdefault("MLRUNTIME_HOME", tempfile.mkdtemp(prefix="bench-gbdt-"))
     folder = Path(tempfile.gettempdir()) / f"mlruntime-bench-xgb-{args.rows}"
     paths = make_data(folder, args.rows)
-    cpus = init_ray()
+    preload = args.frameworks.split(",") if args.preload else []
+    cpus = init_ray(preload)
     from mlruntime.runtime.distributor import release_idle_groups
 
-    print(f"{args.rows:,} rows x {len(FEATURES)}, {args.rounds} rounds, {cpus} CPUs, Ray up")
+    if preload:  # the idle workers' imports done before any timing (they would slow both sides)
+        from mlruntime.runtime.warm import idle_workers
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(map(len, idle_workers().values())) < cpus:
+            time.sleep(0.1)
+        time.sleep(5.0)
+
+    print(
+        f"{args.rows:,} rows x {len(FEATURES)}, {args.rounds} rounds, {cpus} CPUs, Ray up"
+        + (f", worker processes preload {preload}" if preload else "")
+    )
     rows = []
     for framework in args.frameworks.split(","):
         # The files in the OS cache and the framework imported before any timing, for both

@@ -171,7 +171,7 @@ def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: dict
         try:
             from mlruntime.runtime.distributor import release_idle_groups
 
-            release_idle_groups()
+            release_idle_groups(top_up=False)  # the driver tops the pool up after the run
         except Exception:  # nothing to release when the trial ran no job
             pass
 
@@ -284,9 +284,10 @@ class Tuner:
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         from ray import tune
 
-        from mlruntime.runtime.cluster import get_nodes, init
+        from mlruntime.runtime.cluster import get_nodes, init, started_locally
         from mlruntime.runtime.distributor import _check_callable, _check_dataset_map
         from mlruntime.runtime.staging import StagedInputs
+        from mlruntime.runtime.warm import top_up_idle_workers
         from mlruntime.store import storage
 
         _check_callable(self.train_func)
@@ -317,7 +318,11 @@ class Tuner:
             if config.verbose:
                 print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
             with storage.private_files(root), _without_tensorboard(), _on_idle_workers():
-                grid = tuner.fit()
+                try:
+                    grid = tuner.fit()
+                finally:
+                    if started_locally():  # the trials' processes are gone: the next job
+                        top_up_idle_workers()  # or run starts warm (not a shared cluster)
         return _results(grid, path, self.config)
 
     def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
