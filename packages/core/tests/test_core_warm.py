@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import mlruntime
 from mlruntime.errors import ConfigError
 from mlruntime.runtime.warm import PRELOAD_ENV, preload_modules, ray_system_config
+from mlruntime.testing import run_for_result
 
 
 def test_preload_names_are_checked_before_anything_starts(
@@ -145,18 +145,7 @@ def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
     env["MLRUNTIME_HOME"] = str(tmp_path / "home")
     env.pop("MLRUNTIME_ADDRESS", None)
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=220,
-        check=False,
-        cwd=tmp_path,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    out = json.loads(lines[-1].removeprefix("RESULT "))
+    out = json.loads(run_for_result([sys.executable, str(script)], env, 220))
 
     assert "ray start" in out["cluster_refused"]  # preload is for the Ray mlruntime starts
     # init leaves one idle worker per CPU for this job; a 2-worker placement group's actors
