@@ -150,11 +150,9 @@ def main() -> None:
     from mlruntime.runtime.distributor import release_idle_groups
 
     if preload:  # the idle workers' imports done before any timing (they would slow both sides)
-        from mlruntime.runtime.warm import idle_workers
+        from mlruntime.testing import wait_for_idle_workers
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(map(len, idle_workers().values())) < cpus:
-            time.sleep(0.1)
+        wait_for_idle_workers(cpus)
         time.sleep(5.0)
 
     print(

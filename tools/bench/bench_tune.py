@@ -147,16 +147,11 @@ SETTLE_S = 8.0
 def on_fresh_ray(preload: list[str], run: Any, *args: Any) -> tuple[float, float]:
     """``run(*args)`` on a new embedded Ray with ``preload``, once its idle workers are up."""
     import mlruntime
-    from mlruntime.runtime.warm import idle_workers
+    from mlruntime.testing import wait_for_idle_workers
 
     mlruntime.init(preload=preload)
     try:
-        deadline = time.monotonic() + 60
-        cpus = int(sum(node.num_cpus for node in mlruntime.get_nodes()))
-        while time.monotonic() < deadline:
-            if sum(len(p) for p in idle_workers().values()) >= cpus:
-                break
-            time.sleep(0.1)
+        wait_for_idle_workers(int(sum(node.num_cpus for node in mlruntime.get_nodes())))
         time.sleep(SETTLE_S)
         return run(*args)
     finally:

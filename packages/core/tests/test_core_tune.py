@@ -19,7 +19,7 @@ import pytest
 import mlruntime
 from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
-from mlruntime.testing import run_for_result
+from mlruntime.testing import run_for_result, wait_for_idle_workers
 from mlruntime.tune import get_tuner_context
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
 
@@ -328,30 +328,19 @@ def report_pid() -> None:
     get_tuner_context().report({"loss": 0.0, "pid": os.getpid()})
 
 
-def _idle_pids(at_least: int) -> list[int]:
-    from mlruntime.runtime.warm import idle_workers
-
-    deadline = time.monotonic() + 60
-    while True:
-        pids = sorted(p for found in idle_workers().values() for p in found)
-        if len(pids) >= at_least or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.1)
-
-
 def test_trials_start_on_idle_workers_and_the_pool_is_topped_up_after(ray_cluster: None) -> None:
     from mlruntime.runtime.distributor import release_idle_groups
 
     release_idle_groups()  # warm groups of earlier tests would hold CPUs and processes
     cpus = int(sum(node.num_cpus for node in mlruntime.get_nodes()))
-    before = set(_idle_pids(cpus))
+    before = set(wait_for_idle_workers(cpus))
     assert len(before) >= cpus  # one idle worker per CPU for this job
     result = tune.Tuner(report_pid, {"x": [1, 2]}, quiet(search_alg=GridSearch())).run()
     trial_pids = set(result.results["pid"])
     assert trial_pids <= before  # the trials' placement groups took idle workers
     # their processes exited with the trials, and new idle ones took their place (Ray
     # itself starts none)
-    after = set(_idle_pids(cpus))
+    after = set(wait_for_idle_workers(cpus))
     assert len(after) >= cpus
     assert not trial_pids & after
     assert len(after - before) >= len(trial_pids)

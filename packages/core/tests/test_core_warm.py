@@ -79,8 +79,9 @@ _SCRIPT = textwrap.dedent(
     import mlruntime
     from mlruntime.errors import ConfigError
     from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig, resolve_scaling
-    from mlruntime.runtime.warm import idle_workers, top_up_idle_workers
+    from mlruntime.runtime.warm import top_up_idle_workers
     from mlruntime.runtime.workers import WorkerGroup
+    from mlruntime.testing import wait_for_idle_workers as idle
 
     out = {}
     try:
@@ -89,18 +90,6 @@ _SCRIPT = textwrap.dedent(
         out["cluster_refused"] = str(exc)
     mlruntime.init(num_cpus=2, preload=["warm_probe"])
     import ray
-
-    waits = out["waits"] = []
-
-    def idle(count):
-        start = time.monotonic()
-        while time.monotonic() < start + 60:
-            pids = [p for ps in idle_workers().values() for p in ps]
-            if len(pids) >= count:
-                break
-            time.sleep(0.1)
-        waits.append(round(time.monotonic() - start, 2))
-        return sorted(pids)
 
     def probe():
         import warm_probe

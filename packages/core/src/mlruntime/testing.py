@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "run_for_result",
     "sample_table",
     "simulated_cluster",
+    "wait_for_idle_workers",
     "write_sample_parquet",
 ]
 
@@ -126,3 +128,20 @@ def run_for_result(
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
     assert done.returncode == 0 and lines, done.stdout[-tail:] + done.stderr[-tail:]
     return lines[-1].removeprefix("RESULT").strip()
+
+
+def wait_for_idle_workers(at_least: int, timeout: float = 60.0) -> list[int]:
+    """Wait until the cluster keeps at least ``at_least`` idle worker processes for this job
+    (:func:`mlruntime.runtime.warm.idle_workers`, all nodes together), polling every 0.1 s.
+
+    Returns:
+        Their process ids, sorted: fewer than ``at_least`` if ``timeout`` s passed first.
+    """
+    from mlruntime.runtime.warm import idle_workers
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = sorted(pid for found in idle_workers().values() for pid in found)
+        if len(pids) >= at_least or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)

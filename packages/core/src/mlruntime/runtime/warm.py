@@ -25,6 +25,7 @@ lacks them only loses the speed.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.machinery
 import importlib.util
 import logging
@@ -273,10 +274,13 @@ def _top_up_safely(nodes: set[str] | frozenset[str], ended: set[bytes]) -> dict[
 def _top_up(nodes: set[str] | frozenset[str] | None, ended: frozenset[bytes]) -> dict[str, int]:
     import ray
 
-    if not ray.is_initialized() or ray.get_runtime_context().runtime_env:
+    if not ray.is_initialized():
+        return {}
+    context = ray.get_runtime_context()
+    if context.runtime_env:
         return {}
     common_pb2, node_manager_pb2, _ = _protos()
-    job = bytes.fromhex(ray.get_runtime_context().get_job_id())
+    job = bytes.fromhex(context.get_job_id())
     started: dict[str, int] = {}
     for node_id, cpus, stub in _raylets(nodes):
         if cpus <= 0 or _stopped.is_set():
@@ -331,16 +335,10 @@ def idle_workers(node_ids: Iterable[str] | None = None) -> dict[str, list[int]]:
         return {}
     common_pb2 = _protos()[0]
     job = bytes.fromhex(ray.get_runtime_context().get_job_id())
-    usable = (job, b"\xff" * len(job), b"")
     found: dict[str, list[int]] = {}
     for node_id, _, stub in _raylets(None if node_ids is None else set(node_ids)):
         found[node_id] = sorted(
-            w.pid
-            for w in _stats(stub)
-            if w.worker_type == common_pb2.WORKER
-            and not _holds_actor(w)
-            and w.num_executed_tasks == 0
-            and w.job_id in usable
+            w.pid for w in _stats(stub) if w.worker_type == common_pb2.WORKER and _idle_for(w, job)
         )
     return found
 
@@ -363,6 +361,7 @@ def _raylets(nodes: set[str] | frozenset[str] | None) -> Iterator[tuple[str, int
             channel.close()
 
 
+@functools.cache
 def _protos() -> tuple[Any, Any, Any]:
     """Ray's generated ``common_pb2``, ``node_manager_pb2`` and ``node_manager_pb2_grpc``."""
     common = importlib.import_module("ray.core.generated.common_pb2")
@@ -381,17 +380,26 @@ def _holds_actor(worker: Any) -> bool:
     return bool(actor) and actor != b"\xff" * len(actor)
 
 
+def _idle_for(worker: Any, job: bytes) -> bool:
+    """Whether ``worker`` is idle and ``job``'s to take: no actor, never ran anything, and
+    bound to this job or to none yet."""
+    return (
+        not _holds_actor(worker)
+        and worker.num_executed_tasks == 0
+        and worker.job_id in (job, b"\xff" * len(job), b"")
+    )
+
+
 def _workers_held(workers: Any, job: bytes, ended: frozenset[bytes]) -> int:
     """Worker processes that count against a node's pool: actors alive (any job's, but not
-    ``ended``) and idle workers this job can still take (never used; this job's or none's)."""
+    ``ended``) and idle workers this job can still take."""
     common_pb2 = _protos()[0]
-    usable = (job, b"\xff" * len(job), b"")
     held = 0
     for worker in workers:
         if worker.worker_type != common_pb2.WORKER:
             continue
         if _holds_actor(worker):
             held += worker.actor_id not in ended
-        elif worker.num_executed_tasks == 0 and worker.job_id in usable:
-            held += 1
+        else:
+            held += _idle_for(worker, job)
     return held
