@@ -344,3 +344,17 @@ def test_trials_start_on_idle_workers_and_the_pool_is_topped_up_after(ray_cluste
     assert len(after) >= cpus
     assert not trial_pids & after
     assert len(after - before) >= len(trial_pids)
+
+
+def report_modules() -> None:
+    loaded = "mlruntime.runtime.distributor" in sys.modules
+    get_tuner_context().report({"loss": 0.0, "pid": os.getpid(), "distributor": loaded})
+
+
+def test_a_trial_that_runs_no_job_does_not_import_the_distributor(ray_cluster: None) -> None:
+    # Trials reuse their process (one at a time here); releasing a job's warm groups after
+    # each trial must not import the distributor (50 ms, 50 MB) into a process that ran none.
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    result = tune.Tuner(report_modules, {"x": [1, 2, 3]}, config).run()
+    assert result.results["pid"].nunique() == 1  # one reused trial process
+    assert not result.results["distributor"].any()
