@@ -428,6 +428,40 @@ def test_backend_sets_env_and_runs_setup(ray_cluster: None, tmp_path: Path) -> N
     assert m0 == m1 and m0.startswith("127.0.0.1:")
 
 
+class FirstOfAFamily(Backend):
+    name = "first"
+    worker_family = "test-family"
+
+
+class SecondOfAFamily(Backend):
+    name = "second"
+    worker_family = "test-family"
+
+
+class OfNoFamily(Backend):
+    name = "alone"
+
+
+def test_backends_of_one_worker_family_run_on_each_others_warm_group(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    # XGBoost then LightGBM on the same shape: the second job takes the first one's warm
+    # workers instead of making them room and starting new processes
+    from mlruntime.runtime import distributor
+
+    distributor.release_idle_groups()
+
+    def pids(backend: Backend) -> list[int]:
+        runner = type("Runner", (Distributor,), {"backend": backend})(TWO, verbose=False)
+        return runner.run(os.getpid, artifact_location=tmp_path).return_values
+
+    first = pids(FirstOfAFamily())
+    assert pids(SecondOfAFamily()) == first
+    assert pids(FirstOfAFamily()) == first
+    assert not set(pids(OfNoFamily())) & set(first)  # a backend of no family: its own group
+    distributor.release_idle_groups()
+
+
 def test_bad_input_fails_before_any_worker_starts(tmp_path: Path) -> None:
     import threading
 

@@ -57,6 +57,9 @@ class _LightGBMBackend(Backend):
     """Finds a free port on every worker's node and hands each rank the machine list."""
 
     name = "lightgbm"
+    # XGBoost and LightGBM jobs run on each other's warm groups: each sets up and tears down
+    # its own collective or network per job and leaves it when the job ends
+    worker_family = "gbdt"
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         ports = group.free_ports()  # on loopback when every rank runs on the driver's machine

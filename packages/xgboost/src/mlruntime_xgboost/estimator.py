@@ -74,6 +74,9 @@ class _XGBBackend(Backend):
 
     name = "xgboost"
     binds_all_interfaces = True  # its listeners take no address: narrowed in local jobs
+    # XGBoost and LightGBM jobs run on each other's warm groups: each sets up and tears down
+    # its own collective or network per job and leaves it when the job ends
+    worker_family = "gbdt"
 
     def __init__(self) -> None:
         self._tracker: Any = None

@@ -60,6 +60,12 @@ class Backend:
     (XGBoost's collective, TensorFlow's gRPC server): then, in a local job with several
     workers, the workers start with binds narrowed to loopback (:mod:`~.loopback`)."""
 
+    worker_family: str | None = None
+    """Backends naming the same family run their jobs on each other's warm worker groups of the
+    same shape (XGBoost and LightGBM: ``"gbdt"``): their jobs set up and tear down everything
+    they use, leaving the process nothing another's could trip on. ``None``: a warm group
+    serves only this backend's jobs."""
+
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         """Runs on the driver before each attempt, with the placed group (its ``scaling``,
         ``ranks``, ``actors``, ``master_addr``): e.g. start a rendezvous tracker or collect a
@@ -403,7 +409,9 @@ class Distributor:
         """Place, run and restart until the job succeeds or runs out of restarts."""
         model_dir = storage.join(run_dir, "model")
         checkpoint_dir = storage.join(run_dir, "checkpoints")
-        key = (scaling, type(self.backend).__qualname__, str(runtime_env))
+        # the warm group this job may take: same shape, same family of backends, same env
+        family = self.backend.worker_family or type(self.backend).__qualname__
+        key = (scaling, family, str(runtime_env))
         attempts: list[AttemptRecord] = []
         checkpoint: str | None = None
         attempt = stored = 0
