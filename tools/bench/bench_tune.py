@@ -24,7 +24,13 @@ compared, the range shown: a single 1-2 s run moved 10-20% between runs on this 
 raw Ray Tune contenders run once. Targets (issue: tuning): ours <= 0.2 s per trial and wall
 <= 1.5x Optuna's. Nothing is asserted.
 
-Run: ``.venv/bin/python tools/bench/bench_tune.py [--trials N] [--repeat R]``.
+With ``--nested``: trials that each fit an ``XGBEstimator`` (default scaling: one worker with
+every CPU; the same data, 30 rounds), one at a time (``uses_snowflake_trainer=True``), against
+Optuna in one process training plain xgboost with as many threads, and against ours with a new
+worker group for every trial's job (``MLRUNTIME_KEEP_WARM_S=0`` in the trial processes, what
+every trial did before trials one at a time kept their group).
+
+Run: ``.venv/bin/python tools/bench/bench_tune.py [--trials N] [--repeat R] [--nested]``.
 """
 
 from __future__ import annotations
@@ -94,6 +100,95 @@ def ours(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     start = time.perf_counter()
     result = tune.Tuner(train, space, config).run({"train": data})
     return time.perf_counter() - start, float(result.results["compute"].sum())
+
+
+def ours_nested(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    import pandas as pd
+
+    from mlruntime import DataConnector, tune
+    from mlruntime.tune import get_tuner_context
+    from mlruntime.tune.search import RandomSearch
+
+    features = [f"f{j}" for j in range(FEATURES)]
+
+    def train() -> None:
+        from mlruntime_xgboost import XGBEstimator
+
+        ctx = get_tuner_context()
+        p = ctx.get_hyper_params()
+        est = XGBEstimator(
+            n_estimators=ROUNDS, params={"eta": p["eta"], "max_depth": p["depth"]}, verbose=False
+        )
+        est.fit(ctx.get_dataset_map()["train"], features, "y")
+        ctx.report({"rmse": est.get_eval_results()["train"]["rmse"][-1]})
+
+    frame = pd.DataFrame({name: x[:, j] for j, name in enumerate(features)} | {"y": y})
+    config = tune.TunerConfig(
+        metric="rmse",
+        mode="min",
+        search_alg=RandomSearch(random_state=0),
+        num_trials=trials,
+        uses_snowflake_trainer=True,
+        verbose=False,
+    )
+    start = time.perf_counter()
+    tune.Tuner(train, {"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)}, config).run(
+        {"train": DataConnector.from_dataframe(frame)}
+    )
+    return time.perf_counter() - start, 0.0
+
+
+def optuna_nested(trials: int, x: np.ndarray, y: np.ndarray, threads: int) -> tuple[float, float]:
+    """Optuna in one process, trials one at a time, plain xgboost with ``threads`` threads."""
+    import optuna
+    import xgboost as xgb
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial: Any) -> float:
+        eta = trial.suggest_float("eta", 0.01, 0.3, log=True)
+        depth = trial.suggest_int("depth", 2, 6)
+        data = xgb.QuantileDMatrix(x, label=y, nthread=threads)
+        history: dict[str, Any] = {}
+        xgb.train(
+            {"eta": eta, "max_depth": depth, "nthread": threads, "tree_method": "hist"},
+            data,
+            ROUNDS,
+            evals=[(data, "train")],
+            evals_result=history,
+            verbose_eval=False,
+        )
+        return float(history["train"]["rmse"][-1])
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(0))
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=1)
+    return time.perf_counter() - start, 0.0
+
+
+def nested(trials: int, repeat: int, x: np.ndarray, y: np.ndarray) -> None:
+    """The ``--nested`` comparison."""
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    runs = {"optuna, one process, plain xgboost": [optuna_nested(trials, x, y, threads)]}
+    runs["ours: trials keep their job's group"] = on_fresh_ray(
+        PRELOAD, ours_nested, trials, x, y, repeat=repeat
+    )
+    os.environ["MLRUNTIME_KEEP_WARM_S"] = "0"  # the fresh Ray's processes inherit it
+    try:
+        runs["ours: a new group per trial"] = on_fresh_ray(PRELOAD, ours_nested, trials, x, y)
+    finally:
+        del os.environ["MLRUNTIME_KEEP_WARM_S"]
+    base = runs["optuna, one process, plain xgboost"][0][0]
+    print(
+        f"{trials} trials, each fitting XGBoost on {ROWS:,} x {FEATURES} ({ROUNDS} rounds, "
+        f"{threads} threads), one at a time; Ray contenders on a fresh Ray preloading {PRELOAD}"
+    )
+    for label, results in runs.items():
+        wall = median_run(results)[0]
+        print(
+            f"  {label:38s} wall {wall:6.2f} s ({wall / base:4.2f}x optuna)  "
+            f"{wall / trials:5.2f} s per trial"
+        )
 
 
 def raw_ray_tune(trials: int, x: np.ndarray, y: np.ndarray, reuse: bool) -> tuple[float, float]:
@@ -177,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3, help="runs of Optuna and of ours")
+    parser.add_argument("--nested", action="store_true", help="trials that fit XGBEstimator")
     args = parser.parse_args()
     os.environ.setdefault("MLRUNTIME_QUIET", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -185,6 +281,9 @@ def main() -> None:
     x, y = make_data()
     fit(x, y, 0.1, 3)  # import xgboost and warm its code paths once
     n, repeat = args.trials, args.repeat
+    if args.nested:
+        nested(n, repeat, x, y)
+        return
     runs = {
         "optuna, one process (n_jobs=2)": [optuna_one_process(n, x, y) for _ in range(repeat)],
         "raw Ray Tune, defaults": on_fresh_ray(PRELOAD, raw_ray_tune, n, x, y, False),

@@ -358,3 +358,33 @@ def test_a_trial_that_runs_no_job_does_not_import_the_distributor(ray_cluster: N
     result = tune.Tuner(report_modules, {"x": [1, 2, 3]}, config).run()
     assert result.results["pid"].nunique() == 1  # one reused trial process
     assert not result.results["distributor"].any()
+
+
+def job_worker_pid() -> None:
+    from mlruntime.runtime.distributor import Distributor
+    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
+
+    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    pids = Distributor(one, verbose=False).run(os.getpid).return_values
+    get_tuner_context().report({"loss": 0.0, "worker": pids[0], "trial": os.getpid()})
+
+
+def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None) -> None:
+    # Nested estimators, one trial at a time (the default with uses_snowflake_trainer): the
+    # next trial runs in the same process and its job takes the group the last one kept,
+    # instead of new worker processes importing the framework for every trial.
+    config = tune.TunerConfig(
+        metric="loss",
+        mode="min",
+        search_alg=GridSearch(),
+        uses_snowflake_trainer=True,
+        verbose=False,
+    )
+    result = tune.Tuner(job_worker_pid, {"x": [1, 2, 3]}, config).run()
+    assert result.results["trial"].nunique() == 1
+    assert result.results["worker"].nunique() == 1
+    # Several at once: each trial releases its group (another trial's job may need the CPUs)
+    config.max_concurrent_trials = None
+    config.resource_per_trial = {"CPU": 1}
+    two = tune.Tuner(job_worker_pid, {"x": [1, 2, 3, 4]}, config).run()
+    assert two.results["worker"].nunique() == 4

@@ -155,9 +155,20 @@ def get_tuner_context() -> TunerContext:
     return _context
 
 
-def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: dict[str, Any]) -> None:
-    """One trial, in its Tune worker: install the context, run ``train_func``, release any
-    warm worker group the trial's own jobs kept (the next trial needs those CPUs)."""
+def _trial(
+    config: dict[str, Any],
+    train_func: Callable[[], Any],
+    datasets: dict[str, Any],
+    keep_groups: bool = False,
+) -> None:
+    """One trial, in its Tune worker: install the context, run ``train_func``, and release any
+    warm worker group the trial's own jobs kept, unless ``keep_groups``.
+
+    With trials one at a time (``keep_groups``), the next trial runs in this same process
+    (Tune reuses its actor) and its estimator takes the group kept warm: no new processes, no
+    framework import, per trial. With several at once another trial's job may need those CPUs,
+    and only this process can release its groups. (When Tune ends this process, the groups it
+    owns end with it.)"""
     global _context
     # What Ray Tune would have put in the trial actor's runtime env (_on_idle_workers).
     for key, value in _TUNE_ACTOR_ENV.items():
@@ -172,7 +183,7 @@ def _trial(config: dict[str, Any], train_func: Callable[[], Any], datasets: dict
         # A trial that ran no job never imported the distributor (importing it here would
         # cost the trial's process 50 ms and 50 MB for nothing).
         distributor = sys.modules.get("mlruntime.runtime.distributor")
-        if distributor is not None:
+        if distributor is not None and not keep_groups:
             try:
                 distributor.release_idle_groups(top_up=False)  # the driver tops up after the run
             except Exception:  # best effort: the next trial's job makes room itself
@@ -227,6 +238,7 @@ class Tuner:
         self.search_space = search_space
         self.config = tuner_config
         self._restore_path: str | None = None
+        self._one_at_a_time = False  # of a restored run: what it was started with
 
     @classmethod
     def restore(
@@ -250,16 +262,20 @@ class Tuner:
 
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"no tuning run to restore at {path!r}")
-        if tuner_config is None:
-            try:
-                saved = json.loads(storage.read_bytes(storage.join(path, SETTINGS_FILE)))
-            except FileNotFoundError as exc:
+        try:
+            saved = json.loads(storage.read_bytes(storage.join(path, SETTINGS_FILE)))
+        except FileNotFoundError as exc:
+            if tuner_config is None:
                 raise ConfigError(f"{path!r} was not written by mlruntime.tune") from exc
+            saved = {}
+        if tuner_config is None:
             tuner_config = TunerConfig(
                 metric=saved["metric"], mode=saved["mode"], verbose=saved["verbose"]
             )
         tuner = cls(train_func, search_space or {}, tuner_config)
         tuner._restore_path = path
+        # Tune restores the run's own concurrency, whatever this config says
+        tuner._one_at_a_time = bool(saved.get("one_at_a_time", False))
         return tuner
 
     def run(self, dataset_map: dict[str, Any] | None = None) -> TunerResults:
@@ -303,10 +319,16 @@ class Tuner:
         name = config.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         staging = storage.join(root, name, "inputs")
         with StagedInputs(staging) as staged:
+            one_at_a_time = (
+                self._one_at_a_time if self._restore_path is not None else concurrency == 1
+            )
             # with_parameters puts the staged map into the object store once; every trial
             # fetches it from there.
             trainable = tune.with_parameters(
-                _trial, train_func=self.train_func, datasets=staged.stage_map(datasets)
+                _trial,
+                train_func=self.train_func,
+                datasets=staged.stage_map(datasets),
+                keep_groups=one_at_a_time,
             )
             trainable = tune.with_resources(trainable, resources)
             if self._restore_path is not None:
@@ -314,7 +336,12 @@ class Tuner:
                 path = self._restore_path
             else:
                 tuner, path = self._new_tuner(trainable, root, name, concurrency)
-                settings = {"metric": config.metric, "mode": config.mode, "verbose": config.verbose}
+                settings = {
+                    "metric": config.metric,
+                    "mode": config.mode,
+                    "verbose": config.verbose,
+                    "one_at_a_time": one_at_a_time,
+                }
                 storage.write_bytes(
                     storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
                 )
@@ -324,8 +351,10 @@ class Tuner:
                 try:
                     grid = tuner.fit()
                 finally:
-                    if started_locally():  # the trials' processes are gone: the next job
-                        top_up_idle_workers()  # or run starts warm (not a shared cluster)
+                    # fit returns once the trials' actors, and the worker groups they kept,
+                    # are gone: the next job or run starts warm (not on a shared cluster)
+                    if started_locally():
+                        top_up_idle_workers()
         return _results(grid, path, self.config)
 
     def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
