@@ -462,6 +462,32 @@ def test_backends_of_one_worker_family_run_on_each_others_warm_group(
     distributor.release_idle_groups()
 
 
+class WarmingBackend(Backend):
+    name = "warming"
+
+    def __init__(self) -> None:
+        self.warmed: list[float] = []
+
+    def driver_warm_up(self) -> None:
+        self.warmed.append(time.time())
+
+
+def sleep_then_time() -> float:
+    time.sleep(1.0)
+    return time.time()
+
+
+def test_the_driver_warms_up_while_the_job_runs(ray_cluster: None, tmp_path: Path) -> None:
+    # e.g. the driver imports xgboost (1 s) while the worker trains, not after: it loads the
+    # booster once the job is done
+    backend = WarmingBackend()
+    runner = type("Runner", (Distributor,), {"backend": backend})(TWO, verbose=False)
+    sent = time.time()
+    ends = runner.run(sleep_then_time, artifact_location=tmp_path).return_values
+    assert len(backend.warmed) == 1  # once per attempt
+    assert sent < backend.warmed[0] < min(ends) - 0.5  # right after the job reached the ranks
+
+
 def test_bad_input_fails_before_any_worker_starts(tmp_path: Path) -> None:
     import threading
 

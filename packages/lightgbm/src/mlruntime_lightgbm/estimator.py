@@ -61,6 +61,9 @@ class _LightGBMBackend(Backend):
     # its own collective or network per job and leaves it when the job ends
     worker_family = "gbdt"
 
+    def driver_warm_up(self) -> None:
+        import lightgbm  # noqa: F401  (the booster is loaded here after the job)
+
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         ports = group.free_ports()  # on loopback when every rank runs on the driver's machine
         machines = ",".join(f"{r.node_ip}:{p}" for r, p in zip(group.ranks, ports, strict=True))

@@ -88,18 +88,21 @@ class _XGBBackend(Backend):
         self._tracker = None
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
-        from xgboost.tracker import RabitTracker
-
         scaling = group.scaling
         info = {"use_gpu": scaling.use_gpu, "nthread": max(1, int(scaling.num_cpus))}
         if scaling.num_workers == 1:  # nothing to synchronise: no tracker, no collective
-            return {"tracker_args": None, **info}
+            return {"tracker_args": None, **info}  # (nor xgboost's import before the job)
+        from xgboost.tracker import RabitTracker
+
         host = group.driver_host()  # 127.0.0.1 when every rank runs on the driver's machine
         self._tracker = RabitTracker(
             n_workers=scaling.num_workers, host_ip=host, sortby="task", timeout=0
         )
         self._tracker.start()
         return {"tracker_args": self._tracker.worker_args(), **info}
+
+    def driver_warm_up(self) -> None:
+        import xgboost  # noqa: F401  (the booster is loaded here after the job)
 
     def driver_teardown(self) -> None:
         tracker, self._tracker = self._tracker, None

@@ -9,6 +9,7 @@ side by side), so a job of a shape seen before starts in well under a second.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -44,6 +45,9 @@ from mlruntime.store import storage
 __all__ = ["AttemptRecord", "Backend", "Distributor", "Result"]
 
 
+logger = logging.getLogger(__name__)
+
+
 class Backend:
     """How one framework's processes join a job; runs inside the workers.
 
@@ -74,6 +78,12 @@ class Backend:
 
     def driver_teardown(self) -> None:
         """Runs on the driver after each attempt, whether it succeeded or not."""
+
+    def driver_warm_up(self) -> None:
+        """Runs on the driver once per attempt, as soon as the job reached its workers, while
+        they load and train: import what the driver needs for the result (the framework, to
+        load the model), so that import overlaps the job instead of following it. Errors are
+        logged at debug level and otherwise ignored (the later use raises them)."""
 
     def worker_env(self, rank: RankInfo, master_addr: str, master_port: int) -> dict[str, str]:
         """Environment variables for one rank (e.g. torchrun's RANK, WORLD_SIZE ...)."""
@@ -450,8 +460,19 @@ class Distributor:
                 + (f" (attempt {attempt + 1})" if attempt else ""),
             )
             seen = [0]
+            warmed = [False]
 
-            def poll(group: WorkerGroup = group, seen: list[int] = seen) -> None:
+            def poll(
+                group: WorkerGroup = group, seen: list[int] = seen, warmed: list[bool] = warmed
+            ) -> None:
+                if not warmed[0]:  # the first poll comes right after the job was sent
+                    warmed[0] = True
+                    try:
+                        self.backend.driver_warm_up()
+                    except Exception:
+                        logger.debug(
+                            "driver warm-up of %s failed", self.backend.name, exc_info=True
+                        )
                 events = ray.get(group.state.poll.remote(seen[0]))
                 seen[0] += len(events)
                 for kind, payload in events:

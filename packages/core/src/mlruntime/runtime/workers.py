@@ -476,7 +476,8 @@ class WorkerGroup:
             fn: A picklable function.
             contexts: Per-rank contexts made available through ``get_context()``.
             rank_args: Per-rank positional arguments, used instead of ``args``.
-            on_poll: Called every ``poll_interval`` seconds while waiting (progress output).
+            on_poll: Called once the job is sent, then every ``poll_interval`` seconds while
+                waiting (progress output).
 
         Raises:
             WorkerError: If any rank raised or died; carries every failure (``.failures``).
@@ -496,6 +497,8 @@ class WorkerGroup:
             )
             for i, actor in enumerate(self.actors)
         ]
+        if on_poll is not None:  # once as soon as the job is sent, then while waiting
+            on_poll()
         index = {ref: i for i, ref in enumerate(refs)}
         results: dict[int, Any] = {}
         failures: dict[int, RankFailure] = {}
