@@ -405,6 +405,13 @@ class Distributor:
                 fn, progress, scaling, run_dir, per_rank, params, on_metrics, runtime_env
             )
 
+    def _warm_up_driver(self) -> None:
+        """The backend's :meth:`Backend.driver_warm_up`, its errors logged, not raised."""
+        try:
+            self.backend.driver_warm_up()
+        except Exception:
+            logger.debug("driver warm-up of %s failed", self.backend.name, exc_info=True)
+
     def _attempts(
         self,
         fn: Callable[[], Any],
@@ -460,19 +467,8 @@ class Distributor:
                 + (f" (attempt {attempt + 1})" if attempt else ""),
             )
             seen = [0]
-            warmed = [False]
 
-            def poll(
-                group: WorkerGroup = group, seen: list[int] = seen, warmed: list[bool] = warmed
-            ) -> None:
-                if not warmed[0]:  # the first poll comes right after the job was sent
-                    warmed[0] = True
-                    try:
-                        self.backend.driver_warm_up()
-                    except Exception:
-                        logger.debug(
-                            "driver warm-up of %s failed", self.backend.name, exc_info=True
-                        )
+            def poll(group: WorkerGroup = group, seen: list[int] = seen) -> None:
                 events = ray.get(group.state.poll.remote(seen[0]))
                 seen[0] += len(events)
                 for kind, payload in events:
@@ -486,7 +482,15 @@ class Distributor:
 
             started = time.perf_counter()
             try:
-                values = group.run(_entry, self.backend, fn, envs, contexts=contexts, on_poll=poll)
+                values = group.run(
+                    _entry,
+                    self.backend,
+                    fn,
+                    envs,
+                    contexts=contexts,
+                    on_poll=poll,
+                    on_sent=self._warm_up_driver,
+                )
             except WorkerError as err:
                 self.backend.driver_teardown()
                 history, last, count = ray.get(group.state.snapshot.remote())

@@ -468,6 +468,7 @@ class WorkerGroup:
         rank_args: Sequence[tuple[Any, ...]] | None = None,
         on_poll: Callable[[], None] | None = None,
         poll_interval: float = 0.5,
+        on_sent: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` on every rank and return the results by rank.
@@ -476,8 +477,9 @@ class WorkerGroup:
             fn: A picklable function.
             contexts: Per-rank contexts made available through ``get_context()``.
             rank_args: Per-rank positional arguments, used instead of ``args``.
-            on_poll: Called once the job is sent, then every ``poll_interval`` seconds while
-                waiting (progress output).
+            on_poll: Called every ``poll_interval`` seconds while waiting (progress output).
+            on_sent: Called once, as soon as the job was sent to every rank (while they run
+                it: the driver's own preparations for the result).
 
         Raises:
             WorkerError: If any rank raised or died; carries every failure (``.failures``).
@@ -497,8 +499,8 @@ class WorkerGroup:
             )
             for i, actor in enumerate(self.actors)
         ]
-        if on_poll is not None:  # once as soon as the job is sent, then while waiting
-            on_poll()
+        if on_sent is not None:
+            on_sent()
         index = {ref: i for i, ref in enumerate(refs)}
         results: dict[int, Any] = {}
         failures: dict[int, RankFailure] = {}
