@@ -442,24 +442,42 @@ class OfNoFamily(Backend):
     name = "alone"
 
 
+def worker_pids(backend: Backend, tmp_path: Path, scaling: ScalingConfig = TWO) -> list[int]:
+    """The worker processes a job of ``backend`` ran on."""
+    runner = type("Runner", (Distributor,), {"backend": backend})(scaling, verbose=False)
+    return runner.run(os.getpid, artifact_location=tmp_path).return_values
+
+
 def test_backends_of_one_worker_family_run_on_each_others_warm_group(
     ray_cluster: None, tmp_path: Path
 ) -> None:
     # XGBoost then LightGBM on the same shape: the second job takes the first one's warm
     # workers instead of making them room and starting new processes
+    from functools import partial
+
     from mlruntime.runtime import distributor
 
     distributor.release_idle_groups()
-
-    def pids(backend: Backend) -> list[int]:
-        runner = type("Runner", (Distributor,), {"backend": backend})(TWO, verbose=False)
-        return runner.run(os.getpid, artifact_location=tmp_path).return_values
-
+    pids = partial(worker_pids, tmp_path=tmp_path)
     first = pids(FirstOfAFamily())
     assert pids(SecondOfAFamily()) == first
     assert pids(FirstOfAFamily()) == first
     assert not set(pids(OfNoFamily())) & set(first)  # a backend of no family: its own group
     distributor.release_idle_groups()
+
+
+def test_groups_with_gpus_are_not_shared_by_a_family(tmp_path: Path) -> None:
+    # a framework's cached device memory stays in its process: the next framework's job on
+    # the GPU gets a process of its own
+    from mlruntime.testing import simulated_cluster
+
+    gpu = ScalingConfig(
+        num_workers=1, use_gpu=True, resources_per_worker=WorkerResourceConfig(num_gpus=1)
+    )
+    with simulated_cluster([(2, 2)]):
+        first = worker_pids(FirstOfAFamily(), tmp_path, gpu)
+        assert worker_pids(FirstOfAFamily(), tmp_path, gpu) == first  # its own: reused
+        assert worker_pids(SecondOfAFamily(), tmp_path, gpu) != first
 
 
 class WarmingBackend(Backend):

@@ -388,3 +388,32 @@ def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None
     config.resource_per_trial = {"CPU": 1}
     two = tune.Tuner(job_worker_pid, {"x": [1, 2, 3, 4]}, config).run()
     assert two.results["worker"].nunique() == 4
+
+
+def two_worker_job_pids() -> None:
+    from mlruntime.runtime.distributor import Distributor
+    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
+
+    two = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
+    pids = Distributor(two, verbose=False).run(os.getpid).return_values
+    get_tuner_context().report({"loss": 0.0, "workers": ",".join(map(str, sorted(pids)))})
+
+
+def test_trials_one_at_a_time_leave_no_placement_group_behind(ray_cluster: None) -> None:
+    # A placement group outlives the trial process that created it (Ray frees it with the
+    # driver): a several-worker job's group is released after each trial, kept or not.
+    from ray.util import placement_group_table
+
+    config = tune.TunerConfig(
+        metric="loss",
+        mode="min",
+        search_alg=GridSearch(),
+        uses_snowflake_trainer=True,
+        resource_per_trial={"CPU": 2},
+        max_concurrent_trials=1,
+        verbose=False,
+    )
+    result = tune.Tuner(two_worker_job_pids, {"x": [1, 2]}, config).run()
+    assert result.results["workers"].nunique() == 2  # each trial's job had new workers
+    alive = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert alive == []

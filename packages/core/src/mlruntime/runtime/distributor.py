@@ -68,7 +68,8 @@ class Backend:
     """Backends naming the same family run their jobs on each other's warm worker groups of the
     same shape (XGBoost and LightGBM: ``"gbdt"``): their jobs set up and tear down everything
     they use, leaving the process nothing another's could trip on. ``None``: a warm group
-    serves only this backend's jobs."""
+    serves only this backend's jobs. Never shared: groups with GPUs (a framework's cached
+    device memory stays in its process) and backends that do not ``reuse_workers``."""
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         """Runs on the driver before each attempt, with the placed group (its ``scaling``,
@@ -170,15 +171,29 @@ _idle_since: dict[tuple[Any, ...], float] = {}
 _idle_lock = threading.Lock()
 
 
-def release_idle_groups(older_than: float = 0.0, top_up: bool = True) -> None:
+def release_idle_groups(
+    older_than: float = 0.0, top_up: bool = True, placement_groups_only: bool = False
+) -> None:
     """Stop the worker groups kept warm between jobs (idle for more than ``older_than`` s).
 
     ``mlruntime.shutdown`` calls this (``top_up=False``: no idle workers started in their
     place); so does a timer ``KEEP_WARM_S`` after each job.
+
+    Args:
+        older_than: Only groups idle for longer than this (seconds).
+        top_up: Have their nodes start idle worker processes in their place.
+        placement_groups_only: Only groups of several workers. A placement group outlives
+            the actor process that created it (Ray frees it with the driver), while a
+            one-worker group is a plain actor that ends with the process owning it.
     """
     now = time.monotonic()
     with _idle_lock:
-        stale = [k for k in _idle if now - _idle_since.get(k, now) >= older_than]
+        stale = [
+            k
+            for k in _idle
+            if now - _idle_since.get(k, now) >= older_than
+            and (not placement_groups_only or _idle[k].holds_placement_group)
+        ]
         groups = [_idle.pop(k) for k in stale]
         for k in stale:
             _idle_since.pop(k, None)
@@ -427,7 +442,9 @@ class Distributor:
         model_dir = storage.join(run_dir, "model")
         checkpoint_dir = storage.join(run_dir, "checkpoints")
         # the warm group this job may take: same shape, same family of backends, same env
-        family = self.backend.worker_family or type(self.backend).__qualname__
+        family = type(self.backend).__qualname__
+        if self.backend.worker_family and self.backend.reuse_workers and not scaling.num_gpus:
+            family = self.backend.worker_family
         key = (scaling, family, str(runtime_env))
         attempts: list[AttemptRecord] = []
         checkpoint: str | None = None

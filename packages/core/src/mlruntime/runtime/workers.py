@@ -380,6 +380,11 @@ class WorkerGroup:
             for i in range(s.num_workers)
         ]
 
+    @property
+    def holds_placement_group(self) -> bool:
+        """Whether the group reserved its workers in a placement group (several workers)."""
+        return self._pg is not None
+
     def refresh_master_port(self) -> int:
         """Pick a new free rendezvous port on rank 0's node (for the next job of a reused group)."""
         import ray

@@ -165,10 +165,12 @@ def _trial(
     warm worker group the trial's own jobs kept, unless ``keep_groups``.
 
     With trials one at a time (``keep_groups``), the next trial runs in this same process
-    (Tune reuses its actor) and its estimator takes the group kept warm: no new processes, no
-    framework import, per trial. With several at once another trial's job may need those CPUs,
-    and only this process can release its groups. (When Tune ends this process, the groups it
-    owns end with it.)"""
+    (Tune reuses its actor) and its estimator takes the one-worker group kept warm: no new
+    processes, no framework import, per trial; Tune ends the process after the run, and the
+    group, a plain actor it owns, ends with it. Released anyway: groups of several workers
+    (their placement group would outlive the process), and every group of a trial that raised
+    (Tune starts a new process for the next one). With several trials at once another trial's
+    job may need those CPUs, and only this process can release its groups."""
     global _context
     # What Ray Tune would have put in the trial actor's runtime env (_on_idle_workers).
     for key, value in _TUNE_ACTOR_ENV.items():
@@ -176,16 +178,26 @@ def _trial(
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
         logging.getLogger(name).setLevel(logging.WARNING)
     _context = TunerContext(config, datasets)
+    reused = False  # whether Tune runs its next trial in this process
     try:
         train_func()
+        reused = True
+    except SystemExit:  # Tune stopping the trial early (a scheduler): the actor is reused
+        reused = True
+        raise
     finally:
         _context = None
         # A trial that ran no job never imported the distributor (importing it here would
         # cost the trial's process 50 ms and 50 MB for nothing).
         distributor = sys.modules.get("mlruntime.runtime.distributor")
-        if distributor is not None and not keep_groups:
-            try:
-                distributor.release_idle_groups(top_up=False)  # the driver tops up after the run
+        if distributor is not None:
+            try:  # the driver tops the pool up after the run
+                distributor.release_idle_groups(
+                    top_up=False,
+                    # kept: one-worker groups, which end with this process; never a placement
+                    # group, which would outlive it (until the driver exits)
+                    placement_groups_only=keep_groups and reused,
+                )
             except Exception:  # best effort: the next trial's job makes room itself
                 logger.debug("releasing the trial's idle worker groups failed", exc_info=True)
 
@@ -267,6 +279,10 @@ class Tuner:
         except FileNotFoundError as exc:
             if tuner_config is None:
                 raise ConfigError(f"{path!r} was not written by mlruntime.tune") from exc
+            saved = {}
+        except Exception:  # unreadable: only needed without a config of the caller's
+            if tuner_config is None:
+                raise
             saved = {}
         if tuner_config is None:
             tuner_config = TunerConfig(
