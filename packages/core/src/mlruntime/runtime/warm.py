@@ -392,9 +392,11 @@ def _holds_actor(worker: Any) -> bool:
 
 def _idle_for(worker: Any, job: bytes) -> bool:
     """Whether ``worker`` is idle and ``job``'s to take: no actor, never ran anything, and
-    bound to this job or to none yet."""
+    bound to this job or to none yet. A worker that did not answer the raylet's stats call
+    (one exiting, say) is listed with empty stats, pid 0 among them: never idle."""
     return (
-        not _holds_actor(worker)
+        worker.pid > 0
+        and not _holds_actor(worker)
         and worker.num_executed_tasks == 0
         and worker.job_id in (job, b"\xff" * len(job), b"")
     )
