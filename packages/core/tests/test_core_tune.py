@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -300,26 +301,40 @@ def test_trial_actors_need_no_runtime_env_of_their_own(ray_cluster: None) -> Non
     assert before == class_cache.DEFAULT_ENV_VARS  # Tune's default is back after the run
 
 
-def one_worker_job() -> None:
-    from mlruntime.runtime.context import get_context
+def nested_job(workers: int, fn: Any) -> list[Any]:
+    """Inside a trial: ``fn`` on ``workers`` x 1 CPU; the ranks' return values."""
     from mlruntime.runtime.distributor import Distributor
     from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
 
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    result = Distributor(one, verbose=False).run(lambda: get_context().get_world_size())
-    get_tuner_context().report({"loss": 0.0, "world": result.return_values[0]})
+    scaling = ScalingConfig(
+        num_workers=workers, resources_per_worker=WorkerResourceConfig(num_cpus=1)
+    )
+    return Distributor(scaling, verbose=False).run(fn).return_values
 
 
-def test_a_trial_can_run_a_one_worker_job(ray_cluster: None) -> None:
-    # A one-worker job is a plain actor: it must not land in the trial's own placement group,
-    # which captures the trial's children (it holds no CPU for them).
-    config = tune.TunerConfig(
+def job_trials(**kwargs: Any) -> tune.TunerConfig:
+    """Grid trials that each drive a job (``uses_snowflake_trainer``)."""
+    return tune.TunerConfig(
         metric="loss",
         mode="min",
         search_alg=GridSearch(),
         uses_snowflake_trainer=True,
         verbose=False,
+        **kwargs,
     )
+
+
+def one_worker_job() -> None:
+    from mlruntime.runtime.context import get_context
+
+    world = nested_job(1, lambda: get_context().get_world_size())[0]
+    get_tuner_context().report({"loss": 0.0, "world": world})
+
+
+def test_a_trial_can_run_a_one_worker_job(ray_cluster: None) -> None:
+    # A one-worker job is a plain actor: it must not land in the trial's own placement group,
+    # which captures the trial's children (it holds no CPU for them).
+    config = job_trials()
     result = tune.Tuner(one_worker_job, {"x": [1, 2]}, config).run()
     assert list(result.results["world"]) == [1, 1]
 
@@ -361,25 +376,15 @@ def test_a_trial_that_runs_no_job_does_not_import_the_distributor(ray_cluster: N
 
 
 def job_worker_pid() -> None:
-    from mlruntime.runtime.distributor import Distributor
-    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
-
-    one = ScalingConfig(num_workers=1, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    pids = Distributor(one, verbose=False).run(os.getpid).return_values
-    get_tuner_context().report({"loss": 0.0, "worker": pids[0], "trial": os.getpid()})
+    worker = nested_job(1, os.getpid)[0]
+    get_tuner_context().report({"loss": 0.0, "worker": worker, "trial": os.getpid()})
 
 
 def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None) -> None:
     # Nested estimators, one trial at a time (the default with uses_snowflake_trainer): the
     # next trial runs in the same process and its job takes the group the last one kept,
     # instead of new worker processes importing the framework for every trial.
-    config = tune.TunerConfig(
-        metric="loss",
-        mode="min",
-        search_alg=GridSearch(),
-        uses_snowflake_trainer=True,
-        verbose=False,
-    )
+    config = job_trials()
     result = tune.Tuner(job_worker_pid, {"x": [1, 2, 3]}, config).run()
     assert result.results["trial"].nunique() == 1
     assert result.results["worker"].nunique() == 1
@@ -391,11 +396,7 @@ def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None
 
 
 def two_worker_job_pids() -> None:
-    from mlruntime.runtime.distributor import Distributor
-    from mlruntime.runtime.scaling import ScalingConfig, WorkerResourceConfig
-
-    two = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
-    pids = Distributor(two, verbose=False).run(os.getpid).return_values
+    pids = nested_job(2, os.getpid)
     get_tuner_context().report({"loss": 0.0, "workers": ",".join(map(str, sorted(pids)))})
 
 
@@ -404,15 +405,7 @@ def test_trials_one_at_a_time_leave_no_placement_group_behind(ray_cluster: None)
     # driver): a several-worker job's group is released after each trial, kept or not.
     from ray.util import placement_group_table
 
-    config = tune.TunerConfig(
-        metric="loss",
-        mode="min",
-        search_alg=GridSearch(),
-        uses_snowflake_trainer=True,
-        resource_per_trial={"CPU": 2},
-        max_concurrent_trials=1,
-        verbose=False,
-    )
+    config = job_trials(resource_per_trial={"CPU": 2}, max_concurrent_trials=1)
     result = tune.Tuner(two_worker_job_pids, {"x": [1, 2]}, config).run()
     assert result.results["workers"].nunique() == 2  # each trial's job had new workers
     alive = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
