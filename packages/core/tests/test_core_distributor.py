@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mlruntime.runtime.context import Checkpoint, get_context
 from mlruntime.runtime.distributor import Backend, Distributor
 from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.testing import sample_table
+from mlruntime.train.gbdt import GBDTBackend
 from mlruntime.train.gbdt_worker import GBDTTrainer
 
 TWO = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
@@ -504,6 +506,28 @@ def test_the_driver_warms_up_while_the_job_runs(ray_cluster: None, tmp_path: Pat
     ends = runner.run(sleep_then_time, artifact_location=tmp_path).return_values
     assert len(backend.warmed) == 1  # once per attempt
     assert sent < backend.warmed[0] < min(ends) - 0.5  # right after the job reached the ranks
+
+
+class FakeGBDTBackend(GBDTBackend):
+    name = "fake-gbdt"
+    module = "mlruntime_fake_gbdt_framework"
+
+
+def test_a_gbdt_backend_imports_its_framework_on_the_driver_while_the_job_runs(
+    ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mlruntime_fake_gbdt_framework.py").write_text(
+        "import time\nIMPORTED_AT = time.time()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, FakeGBDTBackend.module, raising=False)
+    runner = type("Runner", (Distributor,), {"backend": FakeGBDTBackend()})(TWO, verbose=False)
+    sent = time.time()
+    ends = runner.run(sleep_then_time, artifact_location=tmp_path).return_values
+    imported_at = sys.modules[FakeGBDTBackend.module].IMPORTED_AT
+    assert sent < imported_at < min(ends) - 0.5
+    assert FakeGBDTBackend.worker_family == "gbdt"  # shares warm groups with XGBoost, LightGBM
+    monkeypatch.delitem(sys.modules, FakeGBDTBackend.module)
 
 
 def test_bad_input_fails_before_any_worker_starts(tmp_path: Path) -> None:

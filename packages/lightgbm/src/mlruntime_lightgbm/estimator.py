@@ -24,7 +24,7 @@ from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
 from mlruntime.train.features import is_categorical
-from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
+from mlruntime.train.gbdt import GBDTBackend, GBDTEstimator, GBDTScalingConfig
 from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
     ResumeState,
@@ -53,16 +53,11 @@ class LightGBMScalingConfig(GBDTScalingConfig):
     """
 
 
-class _LightGBMBackend(Backend):
+class _LightGBMBackend(GBDTBackend):
     """Finds a free port on every worker's node and hands each rank the machine list."""
 
     name = "lightgbm"
-    # XGBoost and LightGBM jobs run on each other's warm groups: each sets up and tears down
-    # its own collective or network per job and leaves it when the job ends
-    worker_family = "gbdt"
-
-    def driver_warm_up(self) -> None:
-        import lightgbm  # noqa: F401  (the booster is loaded here after the job)
+    module = "lightgbm"
 
     def driver_setup(self, group: WorkerGroup) -> dict[str, Any]:
         ports = group.free_ports()  # on loopback when every rank runs on the driver's machine

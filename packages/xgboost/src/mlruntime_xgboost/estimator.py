@@ -25,7 +25,7 @@ from mlruntime.runtime.context import Context
 from mlruntime.runtime.distributor import Backend
 from mlruntime.runtime.workers import WorkerGroup
 from mlruntime.train.features import available_memory, read_ahead_features
-from mlruntime.train.gbdt import GBDTEstimator, GBDTScalingConfig
+from mlruntime.train.gbdt import GBDTBackend, GBDTEstimator, GBDTScalingConfig
 from mlruntime.train.gbdt_worker import (
     GBDTTrainer,
     ResumeState,
@@ -69,14 +69,12 @@ class XGBScalingConfig(GBDTScalingConfig):
     """
 
 
-class _XGBBackend(Backend):
+class _XGBBackend(GBDTBackend):
     """Runs XGBoost's rendezvous tracker on the driver for each attempt."""
 
     name = "xgboost"
     binds_all_interfaces = True  # its listeners take no address: narrowed in local jobs
-    # XGBoost and LightGBM jobs run on each other's warm groups: each sets up and tears down
-    # its own collective or network per job and leaves it when the job ends
-    worker_family = "gbdt"
+    module = "xgboost"
 
     def __init__(self) -> None:
         self._tracker: Any = None
@@ -100,9 +98,6 @@ class _XGBBackend(Backend):
         )
         self._tracker.start()
         return {"tracker_args": self._tracker.worker_args(), **info}
-
-    def driver_warm_up(self) -> None:
-        import xgboost  # noqa: F401  (the booster is loaded here after the job)
 
     def driver_teardown(self) -> None:
         tracker, self._tracker = self._tracker, None

@@ -10,6 +10,7 @@ its workers join, build their matrices and boost), a backend and a few class att
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,22 @@ from mlruntime.train.features import as_connector, check_training_columns
 from mlruntime.train.gbdt_worker import EvalHistory, GBDTTrainer, run_trainer
 from mlruntime.train.inference import BatchPredictor, score_to_sink
 
-__all__ = ["GBDTEstimator", "GBDTScalingConfig"]
+__all__ = ["GBDTBackend", "GBDTEstimator", "GBDTScalingConfig"]
+
+
+class GBDTBackend(Backend):
+    """Base of the GBDT frameworks' backends. They are one worker family (``"gbdt"``): each job
+    joins its framework's collective or network and leaves it when it ends, so XGBoost and
+    LightGBM jobs run on each other's warm worker groups. The driver imports ``module`` while
+    the job runs: it loads the booster once the job is done."""
+
+    worker_family = "gbdt"
+    module: ClassVar[str] = ""
+    """The framework's import name (``"xgboost"``)."""
+
+    def driver_warm_up(self) -> None:
+        if self.module:
+            importlib.import_module(self.module)
 
 
 @dataclass(frozen=True)
