@@ -71,12 +71,32 @@ def fit(x: np.ndarray, y: np.ndarray, eta: float, depth: int) -> tuple[float, fl
     return float(history["train"]["rmse"][-1]), time.perf_counter() - start
 
 
-def ours(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def run_ours(train: Any, trials: int, x: np.ndarray, y: np.ndarray, **config: Any) -> Any:
+    """``mlruntime.tune`` on ``train``: the benchmark's space, random search (seed 0), the data
+    as one frame connector (features ``f0``.., label ``y``). Returns (wall seconds, results)."""
     import pandas as pd
 
     from mlruntime import DataConnector, tune
-    from mlruntime.tune import get_tuner_context
     from mlruntime.tune.search import RandomSearch
+
+    columns = {f"f{j}": x[:, j] for j in range(FEATURES)} | {"y": y}
+    data = DataConnector.from_dataframe(pd.DataFrame(columns))
+    space = {"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)}
+    tuner_config = tune.TunerConfig(
+        metric="rmse",
+        mode="min",
+        search_alg=RandomSearch(random_state=0),
+        num_trials=trials,
+        verbose=False,
+        **config,
+    )
+    start = time.perf_counter()
+    result = tune.Tuner(train, space, tuner_config).run({"train": data})
+    return time.perf_counter() - start, result
+
+
+def ours(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from mlruntime.tune import get_tuner_context
 
     def train() -> None:
         ctx = get_tuner_context()
@@ -86,28 +106,12 @@ def ours(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         rmse, seconds = fit(values[:, :-1], values[:, -1], p["eta"], p["depth"])
         ctx.report({"rmse": rmse, "compute": seconds})
 
-    columns = {f"f{j}": x[:, j] for j in range(FEATURES)} | {"y": y}
-    data = DataConnector.from_dataframe(pd.DataFrame(columns))
-    space = {"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)}
-    config = tune.TunerConfig(
-        metric="rmse",
-        mode="min",
-        search_alg=RandomSearch(random_state=0),
-        num_trials=trials,
-        max_concurrent_trials=CONCURRENCY,
-        verbose=False,
-    )
-    start = time.perf_counter()
-    result = tune.Tuner(train, space, config).run({"train": data})
-    return time.perf_counter() - start, float(result.results["compute"].sum())
+    wall, result = run_ours(train, trials, x, y, max_concurrent_trials=CONCURRENCY)
+    return wall, float(result.results["compute"].sum())
 
 
 def ours_nested(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    import pandas as pd
-
-    from mlruntime import DataConnector, tune
     from mlruntime.tune import get_tuner_context
-    from mlruntime.tune.search import RandomSearch
 
     features = [f"f{j}" for j in range(FEATURES)]
 
@@ -122,20 +126,7 @@ def ours_nested(trials: int, x: np.ndarray, y: np.ndarray) -> tuple[float, float
         est.fit(ctx.get_dataset_map()["train"], features, "y")
         ctx.report({"rmse": est.get_eval_results()["train"]["rmse"][-1]})
 
-    frame = pd.DataFrame({name: x[:, j] for j, name in enumerate(features)} | {"y": y})
-    config = tune.TunerConfig(
-        metric="rmse",
-        mode="min",
-        search_alg=RandomSearch(random_state=0),
-        num_trials=trials,
-        uses_snowflake_trainer=True,
-        verbose=False,
-    )
-    start = time.perf_counter()
-    tune.Tuner(train, {"eta": tune.loguniform(0.01, 0.3), "depth": tune.randint(2, 7)}, config).run(
-        {"train": DataConnector.from_dataframe(frame)}
-    )
-    return time.perf_counter() - start, 0.0
+    return run_ours(train, trials, x, y, uses_snowflake_trainer=True)[0], 0.0
 
 
 def optuna_nested(trials: int, x: np.ndarray, y: np.ndarray, threads: int) -> tuple[float, float]:
