@@ -714,6 +714,68 @@ def test_one_worker_needs_no_placement_group_and_still_makes_room(ray_cluster: N
         group.shutdown()
 
 
+class _GroupOwner:
+    """An actor that starts a two-worker group of its own (a Tune trial running a job)."""
+
+    def start(self) -> str:
+        from mlruntime.runtime.scaling import resolve_scaling
+        from mlruntime.runtime.workers import WorkerGroup
+
+        self.group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+        self.group.start()
+        return str(self.group._pg.id.hex())
+
+
+def _pg_state(pg_id: str) -> str:
+    from ray.util import placement_group_table
+
+    return str(placement_group_table()[pg_id]["state"])
+
+
+def test_a_placement_group_left_by_a_dead_actor_is_freed_for_the_next_job(
+    ray_cluster: None,
+) -> None:
+    # Ray frees a placement group with the driver, not with the actor that created it: an
+    # actor (a Tune trial) that dies in the middle of a job leaves the job's CPUs reserved,
+    # and the next job waited for them (PLACEMENT_TIMEOUT_S, then ResourceError).
+    import ray
+    from ray._private.state import actors
+
+    from mlruntime.runtime.distributor import release_idle_groups
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import WorkerGroup, release_orphaned_placement_groups
+
+    release_idle_groups()
+    cpus = ray.cluster_resources()["CPU"]
+    assert cpus == 4  # the two groups below hold every CPU
+    owner = ray.remote(num_cpus=0)(_GroupOwner).remote()
+    owned = ray.get(owner.start.remote())
+    mine = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+    mine.start()
+    try:
+        driver_pg = mine._pg.id.hex()
+        # groups of a live actor and of the driver are left alone
+        assert release_orphaned_placement_groups() == 0
+        assert _pg_state(owned) == _pg_state(driver_pg) == "CREATED"
+        owner_id = owner._actor_id.hex()
+        ray.kill(owner)  # its workers end with it; its placement group does not
+        deadline = time.monotonic() + 30
+        while actors(actor_id=owner_id).get("State") != "DEAD":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _pg_state(owned) == "CREATED"
+        # the next job does not fit beside the driver's group: it makes room, and the dead
+        # actor's reservation is what it frees
+        pids = Distributor(TWO, verbose=False).run(os.getpid).return_values
+        assert len(set(pids)) == 2
+        assert _pg_state(owned) == "REMOVED"
+        assert _pg_state(driver_pg) == "CREATED"
+        assert release_orphaned_placement_groups() == 0
+    finally:
+        mine.shutdown()
+    release_idle_groups()
+
+
 def many_reports() -> tuple[bool, bool]:
     ctx = get_context()
     for step in range(299):

@@ -395,6 +395,41 @@ def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None
     assert two.results["worker"].nunique() == 4
 
 
+def die_mid_job_then_run_one() -> None:
+    """Trial ``x=1``: its process is killed while its two-worker job runs; ``x=2``: a job
+    that needs every CPU."""
+    from mlruntime.runtime.context import get_context
+
+    ctx = get_tuner_context()
+    if ctx.get_hyper_params()["x"] == 1:
+        trial = os.getpid()
+
+        def kill_the_trial() -> None:
+            if get_context().get_rank() == 0:
+                os.kill(trial, signal.SIGKILL)
+            time.sleep(60)
+
+        nested_job(2, kill_the_trial)
+    cpus = int(sum(node.num_cpus for node in mlruntime.get_nodes()))
+    pids = nested_job(cpus, os.getpid)
+    ctx.report({"loss": 0.0, "workers": len(set(pids))})
+
+
+def test_a_trial_that_dies_mid_job_leaves_nothing_reserved(ray_cluster: None) -> None:
+    # The dead trial's job held a placement group, which Ray keeps until the driver exits:
+    # the next trial's job, which needs every CPU, waited for it and failed.
+    from ray.util import placement_group_table
+
+    config = job_trials(max_concurrent_trials=1)
+    result = tune.Tuner(die_mid_job_then_run_one, {"x": [1, 2]}, config).run()
+    rows = result.results.set_index("config/x")
+    assert rows.loc[1, "status"] == "ERROR"
+    assert rows.loc[2, "status"] == "TERMINATED"
+    assert rows.loc[2, "workers"] == int(sum(n.num_cpus for n in mlruntime.get_nodes()))
+    alive = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert alive == []
+
+
 def two_worker_job_pids() -> None:
     pids = nested_job(2, os.getpid)
     get_tuner_context().report({"loss": 0.0, "workers": ",".join(map(str, sorted(pids)))})

@@ -8,7 +8,6 @@ side by side), so a job of a shape seen before starts in well under a second.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -39,7 +38,11 @@ from mlruntime.runtime.scaling import (
     resolve_scaling,
 )
 from mlruntime.runtime.staging import StagedInputs
-from mlruntime.runtime.workers import RankFailure, WorkerGroup
+from mlruntime.runtime.workers import (
+    RankFailure,
+    WorkerGroup,
+    release_orphaned_placement_groups,
+)
 from mlruntime.store import storage
 
 __all__ = ["AttemptRecord", "Backend", "Distributor", "Result"]
@@ -226,11 +229,18 @@ def _acquire(
         scaling,
         name=progress.name,
         runtime_env=runtime_env,
-        # no top-up while this group is being placed: its actors would race the new workers
-        make_room=functools.partial(release_idle_groups, top_up=False),
+        make_room=_make_room,
     )
     group.start()
     return group
+
+
+def _make_room() -> None:
+    """What a new group that does not fit at once frees: placement groups an actor that died
+    mid-job left reserved, then the idle warm groups (no top-up while the new group is being
+    placed: its actors would race the new workers)."""
+    release_orphaned_placement_groups()
+    release_idle_groups(top_up=False)
 
 
 def _release(group: WorkerGroup, key: tuple[Any, ...], reusable: bool = True) -> None:

@@ -20,7 +20,7 @@ from mlruntime.errors import ResourceError, WorkerError
 from mlruntime.runtime.context import Context, RankInfo, _set_context
 from mlruntime.runtime.scaling import ResolvedScaling
 
-__all__ = ["RankFailure", "WorkerGroup"]
+__all__ = ["RankFailure", "WorkerGroup", "release_orphaned_placement_groups"]
 
 LOOPBACK = "127.0.0.1"
 """Where a job's ports listen when all of its processes run on one machine."""
@@ -30,6 +30,9 @@ MAKE_ROOM_AFTER_S = 0.5
 """How long a group waits for free resources before asking others to make room."""
 JOB_THREAD = "job"
 """The worker actors' concurrency group that runs jobs (one thread, the same for every job)."""
+PLACEMENT_GROUP_PREFIX = "mlruntime-job:"
+"""Names of the groups' placement groups: the prefix, the creating actor's id (``driver``
+outside an actor) and a unique suffix (:func:`release_orphaned_placement_groups`)."""
 FAILURE_GRACE_S = 2.0
 """After one rank fails, how long the others get to report their own errors before the kill."""
 
@@ -273,7 +276,9 @@ class WorkerGroup:
             bundle["memory"] = float(s.memory)
         if s.num_workers > 1:
             self._pg = placement_group(
-                [dict(bundle)] * s.num_workers, strategy=s.placement_strategy
+                [dict(bundle)] * s.num_workers,
+                strategy=s.placement_strategy,
+                name=_placement_group_name(ray),
             )
         try:
             self._place(ray, bundle, remove_placement_group, PlacementGroupSchedulingStrategy)
@@ -615,6 +620,55 @@ def _actor_ids(actors: Sequence[Any]) -> list[bytes]:
         if actor_id is not None:
             ids.append(actor_id.binary())
     return ids
+
+
+def _placement_group_name(ray: Any) -> str:
+    """A new placement group's name: it says which actor process created it."""
+    import uuid
+
+    creator = ray.get_runtime_context().get_actor_id() or "driver"
+    return f"{PLACEMENT_GROUP_PREFIX}{creator}:{uuid.uuid4().hex[:12]}"
+
+
+def release_orphaned_placement_groups() -> int:
+    """Remove the placement groups of worker groups whose creating actor process has died.
+
+    Ray frees a placement group with the job's driver, not with the actor that created it: an
+    actor (a Ray Tune trial's process, say) that dies in the middle of a several-worker job
+    leaves the job's placement group holding its CPUs and GPUs until the driver exits, and
+    every later job waits for them. The worker groups name their placement groups after the
+    actor that created them (:data:`PLACEMENT_GROUP_PREFIX`); this removes those whose actor
+    is dead. Groups made by a driver, or by an actor still alive, are left alone, as are
+    placement groups not made here.
+
+    Returns:
+        How many placement groups were removed (0 also when Ray cannot be asked).
+    """
+    import ray
+    from ray._private.state import actors
+    from ray.util import placement_group_table
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        table = placement_group_table()
+    except Exception:
+        return 0
+    removed = 0
+    for pg_id, info in table.items():
+        name = str(info.get("name") or "")
+        if not name.startswith(PLACEMENT_GROUP_PREFIX) or info.get("state") == "REMOVED":
+            continue
+        creator = name[len(PLACEMENT_GROUP_PREFIX) :].split(":", 1)[0]
+        if creator == "driver":
+            continue
+        try:
+            dead = actors(actor_id=creator).get("State") == "DEAD"
+            if dead:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+                removed += 1
+        except Exception:  # an unknown actor id, or one removed meanwhile: leave it
+            continue
+    return removed
 
 
 def _fits_within(ray: Any, bundle: dict[str, float], seconds: float) -> bool:

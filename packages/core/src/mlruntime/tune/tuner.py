@@ -323,6 +323,7 @@ class Tuner:
         from mlruntime.runtime.distributor import _check_callable, _check_dataset_map
         from mlruntime.runtime.staging import StagedInputs
         from mlruntime.runtime.warm import top_up_idle_workers
+        from mlruntime.runtime.workers import release_orphaned_placement_groups
         from mlruntime.store import storage
 
         _check_callable(self.train_func)
@@ -368,7 +369,9 @@ class Tuner:
                     grid = tuner.fit()
                 finally:
                     # fit returns once the trials' actors, and the worker groups they kept,
-                    # are gone: the next job or run starts warm (not on a shared cluster)
+                    # are gone: what a trial that died mid-job left reserved is freed, and
+                    # the next job or run starts warm (not on a shared cluster)
+                    release_orphaned_placement_groups()
                     if started_locally():
                         top_up_idle_workers()
         return _results(grid, path, self.config)
@@ -402,7 +405,7 @@ class Tuner:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         # Tune's JSON and CSV results of each trial, not its TensorBoard one (_without_tensorboard)
-        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback()]
+        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(), _ReleaseOrphans()]
         if config.verbose:
             callbacks.append(_ProgressLine(config.metric, config.mode))
         run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=callbacks)
@@ -504,8 +507,32 @@ def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, fl
     return {"cpu": cpu, "gpu": gpu}, concurrency
 
 
-def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
+def _results_frame(grid: Any) -> Any:
+    """Tune's last-result frame with every trial in it: a ``status`` column (``TERMINATED``,
+    ``ERROR``), and a row (config and status only) for each trial that failed before it
+    reported, in trial order."""
+    import pandas as pd
+
     frame = grid.get_dataframe()
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = list(getattr(analysis, "trials", None) or [])
+    if not trials:  # pragma: no cover - another Ray layout: Tune's frame as it is
+        return frame
+    reported = set(frame["trial_id"]) if "trial_id" in frame.columns else set()
+    missing = [
+        {"trial_id": t.trial_id, **{f"config/{k}": v for k, v in (t.config or {}).items()}}
+        for t in trials
+        if t.trial_id not in reported
+    ]
+    if missing:
+        frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True)
+        frame = frame.sort_values("trial_id", kind="stable", ignore_index=True)
+    frame["status"] = frame["trial_id"].map({t.trial_id: str(t.status) for t in trials})
+    return frame
+
+
+def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
+    frame = _results_frame(grid)
     errors = [r.error for r in grid if r.error is not None]
     if errors and len(errors) == len(grid):
         raise errors[0]
@@ -523,6 +550,25 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
             with checkpoint.as_directory() as folder:
                 best_model = load_model(folder)
     return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
+
+
+class _ReleaseOrphans:
+    """Frees what a trial whose process died in the middle of a several-worker job left
+    reserved (Ray keeps the job's placement group until the driver exits), as soon as Tune
+    sees the trial fail, so the next trials, and Tune's own reservations for them, get the
+    resources (:func:`~mlruntime.runtime.workers.release_orphaned_placement_groups`; the next
+    job that does not fit, and the end of the run, free anything this finds still alive)."""
+
+    def __new__(cls) -> Any:
+        from ray.tune import Callback
+
+        from mlruntime.runtime.workers import release_orphaned_placement_groups
+
+        class ReleaseOrphans(Callback):
+            def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+                release_orphaned_placement_groups()
+
+        return ReleaseOrphans()
 
 
 class _ProgressLine:
