@@ -717,11 +717,11 @@ def test_one_worker_needs_no_placement_group_and_still_makes_room(ray_cluster: N
 class _GroupOwner:
     """An actor that starts a two-worker group of its own (a Tune trial running a job)."""
 
-    def start(self) -> str:
+    def start(self, scaling: ScalingConfig = TWO) -> str:
         from mlruntime.runtime.scaling import resolve_scaling
         from mlruntime.runtime.workers import WorkerGroup
 
-        self.group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+        self.group = WorkerGroup(resolve_scaling(scaling, mlruntime.get_nodes()))
         self.group.start()
         return str(self.group._pg.id.hex())
 
@@ -749,10 +749,10 @@ def test_a_placement_group_left_by_a_dead_actor_is_freed_for_the_next_job(
     cpus = ray.cluster_resources()["CPU"]
     assert cpus == 4  # the two groups below hold every CPU
     owner = ray.remote(num_cpus=0)(_GroupOwner).remote()
-    owned = ray.get(owner.start.remote())
     mine = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
-    mine.start()
     try:
+        owned = ray.get(owner.start.remote())
+        mine.start()
         driver_pg = mine._pg.id.hex()
         # groups of a live actor and of the driver are left alone
         assert release_orphaned_placement_groups() == 0
@@ -772,7 +772,40 @@ def test_a_placement_group_left_by_a_dead_actor_is_freed_for_the_next_job(
         assert _pg_state(driver_pg) == "CREATED"
         assert release_orphaned_placement_groups() == 0
     finally:
+        ray.kill(owner)
         mine.shutdown()
+        release_orphaned_placement_groups()
+    release_idle_groups()
+
+
+def test_a_group_waiting_to_be_placed_frees_what_an_actor_dying_meanwhile_held(
+    ray_cluster: None,
+) -> None:
+    # The actor dies after the group started waiting (and after any make-room): the group
+    # sweeps again while it waits, instead of waiting out PLACEMENT_TIMEOUT_S and failing.
+    import threading
+
+    import ray
+
+    from mlruntime.runtime.distributor import release_idle_groups
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import SWEEP_EVERY_S, WorkerGroup
+
+    release_idle_groups()
+    every_cpu = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=2))
+    owner = ray.remote(num_cpus=0)(_GroupOwner).remote()
+    killer = threading.Timer(SWEEP_EVERY_S / 2, lambda: ray.kill(owner))
+    group = WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes()))
+    try:
+        ray.get(owner.start.remote(every_cpu))
+        assert _free_cpus(0.0) == 0.0
+        killer.start()
+        group.start()  # no make_room: only the sweep while it waits frees the CPUs
+        assert len(set(group.run(os.getpid))) == 2
+    finally:
+        killer.cancel()
+        ray.kill(owner)
+        group.shutdown()
     release_idle_groups()
 
 

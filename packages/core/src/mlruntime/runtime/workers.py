@@ -28,6 +28,8 @@ LOOPBACK = "127.0.0.1"
 PLACEMENT_TIMEOUT_S = float(os.environ.get("MLRUNTIME_PLACEMENT_TIMEOUT_S", "60"))
 MAKE_ROOM_AFTER_S = 0.5
 """How long a group waits for free resources before asking others to make room."""
+SWEEP_EVERY_S = 2.0
+"""How often a group still waiting to be placed frees the placement groups of dead actors."""
 JOB_THREAD = "job"
 """The worker actors' concurrency group that runs jobs (one thread, the same for every job)."""
 PLACEMENT_GROUP_PREFIX = "mlruntime-job:"
@@ -211,8 +213,9 @@ class WorkerGroup:
         name: A label for errors and logs.
         runtime_env: The workers' Ray runtime env (extra packages: ``runtime.packages``).
         make_room: Called once when the workers cannot be placed at once (within
-            ``MAKE_ROOM_AFTER_S``): frees resources others hold (warm groups of earlier jobs),
-            after which placement waits as usual.
+            ``MAKE_ROOM_AFTER_S``): frees resources others hold (warm groups of earlier jobs,
+            placement groups of dead actors), after which placement waits as usual, freeing
+            placement groups of actors that die meanwhile every ``SWEEP_EVERY_S``.
 
     Example:
         >>> group = WorkerGroup(resolve_scaling(ScalingConfig(num_workers=2), get_nodes()))
@@ -311,7 +314,15 @@ class WorkerGroup:
                 if not ready:
                     self.make_room()
                 waited = MAKE_ROOM_AFTER_S
-        ready, _ = ray.wait([ready_ref], timeout=max(0.0, PLACEMENT_TIMEOUT_S - waited))
+        deadline = time.monotonic() + max(0.0, PLACEMENT_TIMEOUT_S - waited)
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait([ready_ref], timeout=min(left, SWEEP_EVERY_S))
+            if ready or time.monotonic() >= deadline:
+                break
+            # an actor that held the resources may have died while this waited, leaving its
+            # placement group reserved
+            release_orphaned_placement_groups()
         if not ready:
             if self._pg is not None:
                 remove_placement_group(self._pg)

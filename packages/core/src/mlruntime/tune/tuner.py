@@ -512,6 +512,7 @@ def _results_frame(grid: Any) -> Any:
     ``ERROR``), and a row (config and status only) for each trial that failed before it
     reported, in trial order."""
     import pandas as pd
+    from ray.tune.utils import flatten_dict
 
     frame = grid.get_dataframe()
     analysis = getattr(grid, "_experiment_analysis", None)
@@ -520,13 +521,17 @@ def _results_frame(grid: Any) -> Any:
         return frame
     reported = set(frame["trial_id"]) if "trial_id" in frame.columns else set()
     missing = [
-        {"trial_id": t.trial_id, **{f"config/{k}": v for k, v in (t.config or {}).items()}}
+        # the config's columns named as Tune names them (config/<param>, nested: config/a/b)
+        {"trial_id": t.trial_id, **flatten_dict({"config": t.config or {}})}
         for t in trials
         if t.trial_id not in reported
     ]
     if missing:
         frame = pd.concat([frame, pd.DataFrame(missing)], ignore_index=True)
-        frame = frame.sort_values("trial_id", kind="stable", ignore_index=True)
+        order = {t.trial_id: i for i, t in enumerate(trials)}  # ids are not always in order
+        frame = frame.sort_values(
+            "trial_id", key=lambda ids: ids.map(order), kind="stable", ignore_index=True
+        )
     frame["status"] = frame["trial_id"].map({t.trial_id: str(t.status) for t in trials})
     return frame
 
