@@ -339,6 +339,81 @@ def test_a_trial_can_run_a_one_worker_job(ray_cluster: None) -> None:
     assert list(result.results["world"]) == [1, 1]
 
 
+class _Fits:
+    """A callable object whose call fits an estimator made outside it."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+
+    def __call__(self) -> None:
+        self.estimator.fit(None, [], "y")
+
+
+def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
+    import functools
+
+    import mlruntime.runtime.distributor as distributor_module
+    from mlruntime.runtime.distributor import Distributor
+    from mlruntime.train.gbdt import GBDTEstimator
+    from mlruntime.tune.jobs import starts_jobs
+
+    def plain() -> None:
+        get_tuner_context().report({"loss": float(np.mean(np.arange(3)))})
+
+    def by_module() -> None:
+        distributor_module.Distributor(verbose=False).run(os.getpid)
+
+    def by_class() -> None:
+        Distributor(verbose=False).run(os.getpid)
+
+    estimator = GBDTEstimator.__new__(GBDTEstimator)  # made outside the function
+
+    def by_instance() -> None:
+        estimator.fit(None, [], "y")
+
+    def helper_of_helper() -> None:
+        one_worker_job()  # a module function that imports the distributor inside it
+
+    def by_lambda_inside() -> None:
+        run = lambda: nested_job(1, os.getpid)  # noqa: E731
+        run()
+
+    assert not starts_jobs(plain)
+    assert not starts_jobs(report_pid)
+    for func in (by_module, by_class, by_instance, one_worker_job, helper_of_helper):
+        assert starts_jobs(func), func.__name__
+    assert starts_jobs(by_lambda_inside)
+    assert starts_jobs(functools.partial(by_class))
+    assert starts_jobs(_Fits(estimator))
+    assert not starts_jobs(helper_of_helper, depth=0)  # the job is two calls down
+
+
+def test_a_trial_that_starts_a_job_is_detected(ray_cluster: None) -> None:
+    # No uses_snowflake_trainer: the run sees that train_func starts jobs, and its trials
+    # reserve nothing (with one CPU each, as plain trials, the jobs could never be placed).
+    config = quiet(search_alg=GridSearch())
+    assert config.uses_snowflake_trainer is None
+    result = tune.Tuner(one_worker_job, {"x": [1, 2]}, config).run()
+    assert list(result.results["world"]) == [1, 1]
+
+
+def test_a_job_that_cannot_fit_beside_the_trials_fails_at_once(ray_cluster: None) -> None:
+    # Declared not to start jobs, and it does: the trials hold every CPU, and the job fails
+    # before any placement with the advice, instead of waiting out the placement timeout.
+    config = quiet(search_alg=GridSearch(), uses_snowflake_trainer=False)
+    with pytest.raises(ResourceError, match="uses_snowflake_trainer=True") as caught:
+        tune.Tuner(every_cpu_job, {"x": [1, 2]}, config).run()
+    assert "could never be placed" in str(caught.value)
+    # a job that fits beside the two trials' CPUs runs
+    assert tune.Tuner(one_worker_job, {"x": [1, 2]}, config).run().results["world"].eq(1).all()
+
+
+def every_cpu_job() -> None:
+    cpus = int(sum(node.num_cpus for node in mlruntime.get_nodes()))
+    nested_job(cpus, os.getpid)
+    get_tuner_context().report({"loss": 0.0})
+
+
 def report_pid() -> None:
     get_tuner_context().report({"loss": 0.0, "pid": os.getpid()})
 

@@ -35,6 +35,7 @@ from mlruntime.runtime.scaling import (
     NodeScalingConfig,
     ResolvedScaling,
     ScalingConfig,
+    check_fits_beside_held,
     resolve_scaling,
 )
 from mlruntime.runtime.staging import StagedInputs
@@ -407,6 +408,9 @@ class Distributor:
         _check_sendable("hyper_params", params)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
+        from mlruntime.runtime.cluster import get_nodes
+
+        check_fits_beside_held(scaling, get_nodes())
         packages = current_packages()
         runtime_env = None
         if packages:

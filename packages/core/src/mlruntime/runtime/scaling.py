@@ -7,8 +7,9 @@ asked and what exists.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mlruntime.errors import ConfigError, ResourceError
@@ -20,7 +21,9 @@ __all__ = [
     "ResolvedScaling",
     "ScalingConfig",
     "WorkerResourceConfig",
+    "check_fits_beside_held",
     "resolve_scaling",
+    "resources_held_elsewhere",
 ]
 
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
@@ -320,3 +323,54 @@ class NodeScalingConfig:
             placement_strategy=strategy,
         )
         return resolve_scaling(config, nodes)
+
+
+_held_elsewhere: tuple[dict[str, float], str] | None = None
+
+
+@contextlib.contextmanager
+def resources_held_elsewhere(resources: dict[str, float], advice: str) -> Iterator[None]:
+    """While inside, jobs started from this process fail at once, before any placement, when
+    they need more than the cluster has beside ``resources`` (:func:`check_fits_beside_held`).
+
+    For a caller holding resources its own jobs can never get while it runs: a tuning run's
+    trial, whose run reserves CPUs for it and for every trial beside it (``mlruntime.tune``).
+    Without it such a job waited out the placement timeout.
+
+    Args:
+        resources: ``{"CPU": n, "GPU": m}`` held for the caller and its peers.
+        advice: The end of the error's message: what to change.
+    """
+    global _held_elsewhere
+    saved = _held_elsewhere
+    _held_elsewhere = ({k.upper(): float(v) for k, v in resources.items()}, advice)
+    try:
+        yield
+    finally:
+        _held_elsewhere = saved
+
+
+def check_fits_beside_held(scaling: ResolvedScaling, nodes: Sequence[NodeInfo]) -> None:
+    """Check that a job could ever be placed beside what is held elsewhere
+    (:func:`resources_held_elsewhere`; nothing to check outside it).
+
+    Args:
+        scaling: The job's resolved scaling.
+        nodes: The cluster's nodes.
+
+    Raises:
+        ResourceError: If the job needs more CPUs or GPUs than the cluster has beside them.
+    """
+    if _held_elsewhere is None:
+        return
+    held, advice = _held_elsewhere
+    for key, each in (("CPU", scaling.num_cpus), ("GPU", scaling.num_gpus)):
+        need = scaling.num_workers * each
+        total = sum(n.num_cpus if key == "CPU" else n.num_gpus for n in nodes)
+        left = total - held.get(key, 0.0)
+        if need > left + 1e-9:
+            raise ResourceError(
+                f"this job needs {scaling.describe()} ({need:g} {key}), but the cluster's "
+                f"{total:g} {key} less the {held.get(key, 0.0):g} held for its caller and "
+                f"its peers leave {left:g}: it could never be placed while they run. {advice}"
+            )

@@ -12,6 +12,7 @@ finished trials.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -55,7 +56,11 @@ class TunerConfig:
             trial's distributed estimator uses (default: the whole cluster, one trial at a time).
         uses_snowflake_trainer: Trials run a distributed estimator or distributor themselves
             (``XGBEstimator``, ``PyTorchDistributor`` ...): the trial reserves no CPU of its
-            own, so its job's workers can be placed.
+            own, so its job's workers can be placed. ``None`` (the default): detected from
+            ``train_func``'s code (it, or a function it calls, uses one;
+            :func:`mlruntime.tune.jobs.starts_jobs`). With ``False`` (or when the detection
+            misses one) a trial's job that could never be placed beside the trials'
+            reservations fails at once with a ``ResourceError`` saying so.
         scheduler: Early stopping: ``"asha"`` or a Ray Tune scheduler (``None``: none). Trials
             must report once per round/epoch for it to act.
         max_rounds: With ``"asha"``: the most reports (rounds/epochs) a trial makes.
@@ -72,7 +77,7 @@ class TunerConfig:
     num_trials: int = 5
     max_concurrent_trials: int | None = None
     resource_per_trial: dict[str, float] | None = None
-    uses_snowflake_trainer: bool = False
+    uses_snowflake_trainer: bool | None = None
     scheduler: Any = None
     max_rounds: int = 100
     name: str | None = None
@@ -160,6 +165,7 @@ def _trial(
     train_func: Callable[[], Any],
     datasets: dict[str, Any],
     keep_groups: bool = False,
+    held: dict[str, float] | None = None,
 ) -> None:
     """One trial, in its Tune worker: install the context, run ``train_func``, and release any
     warm worker group the trial's own jobs kept, unless ``keep_groups``.
@@ -170,7 +176,10 @@ def _trial(
     group, a plain actor it owns, ends with it. Released anyway: groups of several workers
     (their placement group would outlive the process), and every group of a trial that raised
     (Tune starts a new process for the next one). With several trials at once another trial's
-    job may need those CPUs, and only this process can release its groups."""
+    job may need those CPUs, and only this process can release its groups.
+
+    ``held``: what the run reserves for its trials when they run no jobs of their own; a job
+    the trial starts anyway that could never be placed beside them fails at once."""
     global _context
     # What Ray Tune would have put in the trial actor's runtime env (_on_idle_workers).
     for key, value in _TUNE_ACTOR_ENV.items():
@@ -179,8 +188,14 @@ def _trial(
         logging.getLogger(name).setLevel(logging.WARNING)
     _context = TunerContext(config, datasets)
     reused = False  # whether Tune runs its next trial in this process
+    hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if held:
+        from mlruntime.runtime.scaling import resources_held_elsewhere
+
+        hold = resources_held_elsewhere(held, _RESERVED_ADVICE)
     try:
-        train_func()
+        with hold:
+            train_func()
         reused = True
     except SystemExit:  # Tune stopping the trial early (a scheduler): the actor is reused
         reused = True
@@ -331,7 +346,21 @@ class Tuner:
         init()
         nodes = get_nodes()
         config = self.config
+        if config.uses_snowflake_trainer is None:
+            from mlruntime.tune.jobs import starts_jobs
+
+            detected = starts_jobs(self.train_func)
+            config = dataclasses.replace(config, uses_snowflake_trainer=detected)
+            if detected and config.verbose:
+                print(
+                    "tuning: train_func starts distributed jobs, so trials reserve nothing of "
+                    "their own (uses_snowflake_trainer=True)"
+                )
         resources, concurrency = _plan_resources(config, nodes)
+        held = None
+        if not config.uses_snowflake_trainer:  # what the trials hold at most, all at once
+            at_once = min(concurrency, self._trial_count())
+            held = {k: v * at_once for k, v in resources.items() if k in ("cpu", "gpu")}
         root = storage.join(storage.storage_uri(), "tune")
         name = config.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         staging = storage.join(root, name, "inputs")
@@ -346,6 +375,7 @@ class Tuner:
                 train_func=self.train_func,
                 datasets=staged.stage_map(datasets),
                 keep_groups=one_at_a_time,
+                held=held,
             )
             trainable = tune.with_resources(trainable, resources)
             if self._restore_path is not None:
@@ -375,6 +405,19 @@ class Tuner:
                     if started_locally():
                         top_up_idle_workers()
         return _results(grid, path, self.config)
+
+    def _trial_count(self) -> int:
+        """How many trials the run makes: each combination of the grid (lists, with a search
+        algorithm that makes them grids) once, times ``num_trials`` samples unless the
+        search is a grid search."""
+        alg = self.config.search_alg
+        combinations = 1
+        if alg.lists == "grid":
+            for value in self.search_space.values():
+                if isinstance(value, (list, tuple)):
+                    combinations *= max(1, len(value))
+        grid = type(alg).__name__ == "GridSearch"
+        return combinations * (1 if grid else self.config.num_trials)
 
     def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
         from ray import tune
@@ -433,6 +476,12 @@ def _without_tensorboard() -> Iterator[None]:
         else:
             os.environ[key] = old
 
+
+_RESERVED_ADVICE = (
+    "The tuning run reserves resource_per_trial for each of its trials, and this trial "
+    "starts a job of its own: pass TunerConfig(uses_snowflake_trainer=True) (trials then "
+    "reserve nothing, and resource_per_trial describes each trial's job)."
+)
 
 _TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 """Ray Tune's default trial environment (``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``),

@@ -1,0 +1,120 @@
+"""Whether a tuning run's ``train_func`` starts distributed jobs of its own.
+
+``TunerConfig(uses_snowflake_trainer=None)`` (the default) asks :func:`starts_jobs`: a trial
+that fits an ``XGBEstimator`` or runs a distributor needs the cluster's CPUs for its job's
+workers, so its own Tune reservation must be empty; with one CPU reserved per trial, as for
+plain trials, the jobs could never be placed. The check reads code, it runs nothing: the
+names ``train_func`` loads (globals, closure cells, ``from mlruntime... import`` inside it),
+and, a few calls deep, the functions it calls that way.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import importlib
+import inspect
+import types
+from typing import Any
+
+__all__ = ["starts_jobs"]
+
+DEPTH = 3
+"""How many calls deep helper functions are followed."""
+
+
+def starts_jobs(func: Any, depth: int = DEPTH) -> bool:
+    """Whether ``func`` uses a distributed estimator or distributor (a class, or an instance,
+    of :class:`~mlruntime.runtime.distributor.Distributor` or
+    :class:`~mlruntime.train.gbdt.GBDTEstimator`), itself or through the functions it calls
+    (``depth`` calls deep).
+
+    Args:
+        func: A function, a ``functools.partial`` or a callable object.
+        depth: How many calls deep to follow.
+
+    Returns:
+        ``True`` if it does; ``False`` if nothing in its code says so.
+    """
+    from mlruntime.runtime.distributor import Distributor
+    from mlruntime.train.gbdt import GBDTEstimator
+
+    return _uses(func, (Distributor, GBDTEstimator), depth, set())
+
+
+def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: set[int]) -> bool:
+    values: list[Any] = []
+    while isinstance(func, functools.partial):
+        values.extend([*func.args, *func.keywords.values()])
+        func = func.func
+    if isinstance(func, types.MethodType):  # what its object holds: self.estimator ...
+        values.extend(_attributes_of(func.__self__))
+    elif not isinstance(func, types.FunctionType):  # a callable object
+        values.extend(_attributes_of(func))
+        func = inspect.getattr_static(type(func), "__call__", None)
+    try:
+        func = inspect.unwrap(func)  # decorated functions
+    except ValueError:  # pragma: no cover - a cycle of __wrapped__
+        return False
+    code = getattr(func, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    names: dict[str, Any] = getattr(func, "__globals__", {})
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    attributes: set[str] = set()
+    for block in _code_objects(code):
+        module = ""
+        for op in dis.get_instructions(block):
+            if op.opname == "IMPORT_NAME":
+                module = str(op.argval)
+            elif op.opname == "IMPORT_FROM" and module.partition(".")[0].startswith("mlruntime"):
+                try:  # mlruntime's own modules import no framework at module level
+                    values.append(getattr(importlib.import_module(module), str(op.argval)))
+                except Exception:
+                    pass
+            elif op.opname in ("LOAD_GLOBAL", "LOAD_NAME") and op.argval in names:
+                values.append(names[op.argval])
+            elif op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                attributes.add(str(op.argval))
+    for value in values:
+        if _is_kind(value, kinds):
+            return True
+        if isinstance(value, types.ModuleType):
+            if value.__name__.partition(".")[0].startswith("mlruntime") and any(
+                _is_kind(getattr(value, name, None), kinds) for name in attributes
+            ):
+                return True
+        elif (
+            depth > 0
+            and (isinstance(value, types.FunctionType | functools.partial))
+            and _uses(value, kinds, depth - 1, seen)
+        ):
+            return True
+    return False
+
+
+def _attributes_of(obj: Any) -> list[Any]:
+    try:
+        return list(vars(obj).values())
+    except TypeError:  # no __dict__
+        return []
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, type):
+        return issubclass(value, kinds)
+    return isinstance(value, kinds)
+
+
+def _code_objects(code: types.CodeType) -> list[types.CodeType]:
+    """``code`` and the code of the functions, lambdas and comprehensions defined in it."""
+    found = [code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_code_objects(const))
+    return found
