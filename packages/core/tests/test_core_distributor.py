@@ -778,6 +778,44 @@ def test_a_placement_group_left_by_a_dead_actor_is_freed_for_the_next_job(
     release_idle_groups()
 
 
+def _start_a_group_and_die() -> None:
+    from mlruntime.runtime.scaling import resolve_scaling
+    from mlruntime.runtime.workers import WorkerGroup
+
+    WorkerGroup(resolve_scaling(TWO, mlruntime.get_nodes())).start()
+    os._exit(1)
+
+
+def test_a_placement_group_left_by_a_task_that_died_is_freed(ray_cluster: None) -> None:
+    # A task's process (not an actor's) that dies mid-job: its group is told apart by the
+    # worker process that made it, which Ray's worker table no longer lists as alive.
+    import ray
+    from ray.util import placement_group_table
+
+    from mlruntime.runtime.distributor import release_idle_groups
+    from mlruntime.runtime.workers import PLACEMENT_GROUP_PREFIX, release_orphaned_placement_groups
+
+    def ours() -> list[str]:
+        return [
+            pg_id
+            for pg_id, pg in placement_group_table().items()
+            if pg["name"].startswith(PLACEMENT_GROUP_PREFIX) and pg["state"] != "REMOVED"
+        ]
+
+    release_idle_groups()
+    assert ours() == []
+    task = ray.remote(num_cpus=0, max_retries=0)(_start_a_group_and_die).remote()
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(task)
+    left = ours()
+    assert len(left) == 1  # Ray keeps it: its job's driver is alive
+    deadline = time.monotonic() + 30
+    while release_orphaned_placement_groups() == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert ours() == []
+
+
 def test_a_group_waiting_to_be_placed_frees_what_an_actor_dying_meanwhile_held(
     ray_cluster: None,
 ) -> None:

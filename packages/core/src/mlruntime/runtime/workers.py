@@ -33,8 +33,9 @@ SWEEP_EVERY_S = 2.0
 JOB_THREAD = "job"
 """The worker actors' concurrency group that runs jobs (one thread, the same for every job)."""
 PLACEMENT_GROUP_PREFIX = "mlruntime-job:"
-"""Names of the groups' placement groups: the prefix, the creating actor's id (``driver``
-outside an actor) and a unique suffix (:func:`release_orphaned_placement_groups`)."""
+"""Names of the groups' placement groups: the prefix, the id of the worker process that
+created it (``driver`` for a driver) and a unique suffix
+(:func:`release_orphaned_placement_groups`)."""
 FAILURE_GRACE_S = 2.0
 """After one rank fails, how long the others get to report their own errors before the kill."""
 
@@ -634,29 +635,36 @@ def _actor_ids(actors: Sequence[Any]) -> list[bytes]:
 
 
 def _placement_group_name(ray: Any) -> str:
-    """A new placement group's name: it says which actor process created it."""
+    """A new placement group's name: it says which worker process created it (``driver`` for
+    a driver, whose groups Ray frees with it)."""
     import uuid
 
-    creator = ray.get_runtime_context().get_actor_id() or "driver"
+    from ray._private.worker import WORKER_MODE, global_worker
+
+    creator = "driver"
+    if global_worker.mode == WORKER_MODE:
+        creator = ray.get_runtime_context().get_worker_id()
     return f"{PLACEMENT_GROUP_PREFIX}{creator}:{uuid.uuid4().hex[:12]}"
 
 
 def release_orphaned_placement_groups() -> int:
-    """Remove the placement groups of worker groups whose creating actor process has died.
+    """Remove the placement groups of worker groups whose creating worker process has died.
 
-    Ray frees a placement group with the job's driver, not with the actor that created it: an
-    actor (a Ray Tune trial's process, say) that dies in the middle of a several-worker job
-    leaves the job's placement group holding its CPUs and GPUs until the driver exits, and
-    every later job waits for them. The worker groups name their placement groups after the
-    actor that created them (:data:`PLACEMENT_GROUP_PREFIX`); this removes those whose actor
-    is dead. Groups made by a driver, or by an actor still alive, are left alone, as are
-    placement groups not made here.
+    Ray frees a placement group with the job's driver, not with the actor or task that
+    created it: a process (a Ray Tune trial's, say) that dies in the middle of a
+    several-worker job leaves the job's placement group holding its CPUs and GPUs until the
+    driver exits, and every later job waits for them. The worker groups name their placement
+    groups after the worker process that created them (:data:`PLACEMENT_GROUP_PREFIX`); this
+    removes those whose process is no longer alive, asking Ray's worker table. An actor that
+    Ray restarted runs in a new process, so its old group is removed too. Groups made by a
+    driver, or by a process still alive, are left alone, as are placement groups not made
+    here.
 
     Returns:
         How many placement groups were removed (0 also when Ray cannot be asked).
     """
     import ray
-    from ray._private.state import actors
+    from ray._private.state import state
     from ray.util import placement_group_table
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -664,6 +672,7 @@ def release_orphaned_placement_groups() -> int:
         table = placement_group_table()
     except Exception:
         return 0
+    alive: set[str] | None = None
     removed = 0
     for pg_id, info in table.items():
         name = str(info.get("name") or "")
@@ -672,12 +681,17 @@ def release_orphaned_placement_groups() -> int:
         creator = name[len(PLACEMENT_GROUP_PREFIX) :].split(":", 1)[0]
         if creator == "driver":
             continue
+        if alive is None:  # one look at the worker table per sweep, if there is a group
+            try:
+                alive = set(state.workers())
+            except Exception:  # Ray could not be asked: nothing is known dead
+                return removed
+        if creator in alive:
+            continue
         try:
-            dead = actors(actor_id=creator).get("State") == "DEAD"
-            if dead:
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
-                removed += 1
-        except Exception:  # an unknown actor id, or one removed meanwhile: leave it
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+            removed += 1
+        except Exception:  # removed meanwhile (another process swept it)
             continue
     return removed
 
