@@ -378,8 +378,26 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
         run = lambda: nested_job(1, os.getpid)  # noqa: E731
         run()
 
+    def module_imported_inside() -> None:
+        import mlruntime.runtime.distributor as d
+
+        d.Distributor(verbose=False).run(os.getpid)
+
+    def plugin_not_imported() -> None:  # a module that does not exist: not imported to look
+        from mlruntime_not_installed import SomeEstimator  # type: ignore[import-not-found]
+
+        SomeEstimator().fit()
+
+    def other_plugin_names() -> None:
+        from mlruntime_not_installed import to_dataset  # type: ignore[import-not-found]
+
+        pd.concat([to_dataset()])
+
     assert not starts_jobs(plain)
     assert not starts_jobs(report_pid)
+    assert not starts_jobs(other_plugin_names)
+    assert starts_jobs(module_imported_inside)
+    assert starts_jobs(plugin_not_imported)
     for func in (by_module, by_class, by_instance, one_worker_job, helper_of_helper):
         assert starts_jobs(func), func.__name__
     assert starts_jobs(by_lambda_inside)

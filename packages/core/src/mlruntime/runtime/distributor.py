@@ -408,9 +408,7 @@ class Distributor:
         _check_sendable("hyper_params", params)
         progress.phase("connect", "connecting to Ray")
         scaling = self.resolve()
-        from mlruntime.runtime.cluster import get_nodes
-
-        check_fits_beside_held(scaling, get_nodes())
+        check_fits_beside_held(scaling)
         packages = current_packages()
         runtime_env = None
         if packages:

@@ -679,7 +679,7 @@ def release_orphaned_placement_groups() -> int:
         if not name.startswith(PLACEMENT_GROUP_PREFIX) or info.get("state") == "REMOVED":
             continue
         creator = name[len(PLACEMENT_GROUP_PREFIX) :].split(":", 1)[0]
-        if creator == "driver":
+        if not _is_worker_id(creator):  # "driver", or a name this module did not give
             continue
         if alive is None:  # one look at the worker table per sweep, if there is a group
             try:
@@ -694,6 +694,11 @@ def release_orphaned_placement_groups() -> int:
         except Exception:  # removed meanwhile (another process swept it)
             continue
     return removed
+
+
+def _is_worker_id(text: str) -> bool:
+    """Whether ``text`` is a Ray worker id in hex (28 bytes)."""
+    return len(text) == 56 and all(c in "0123456789abcdef" for c in text)
 
 
 def _fits_within(ray: Any, bundle: dict[str, float], seconds: float) -> bool:

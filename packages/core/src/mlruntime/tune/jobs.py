@@ -3,17 +3,19 @@
 ``TunerConfig(uses_snowflake_trainer=None)`` (the default) asks :func:`starts_jobs`: a trial
 that fits an ``XGBEstimator`` or runs a distributor needs the cluster's CPUs for its job's
 workers, so its own Tune reservation must be empty; with one CPU reserved per trial, as for
-plain trials, the jobs could never be placed. The check reads code, it runs nothing: the
-names ``train_func`` loads (globals, closure cells, ``from mlruntime... import`` inside it),
-and, a few calls deep, the functions it calls that way.
+plain trials, the jobs could never be placed. The check reads code, it runs and imports
+nothing: the names ``train_func`` loads (globals, closure cells, what its object holds,
+``mlruntime`` imports inside it), and, a few calls deep, the functions it calls that way.
 """
 
 from __future__ import annotations
 
 import dis
 import functools
-import importlib
 import inspect
+import os
+import sys
+import sysconfig
 import types
 from typing import Any
 
@@ -39,10 +41,15 @@ def starts_jobs(func: Any, depth: int = DEPTH) -> bool:
     from mlruntime.runtime.distributor import Distributor
     from mlruntime.train.gbdt import GBDTEstimator
 
-    return _uses(func, (Distributor, GBDTEstimator), depth, set())
+    return _uses(func, (Distributor, GBDTEstimator), depth, {})
 
 
-def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: set[int]) -> bool:
+LAUNCHER_SUFFIXES = ("Estimator", "Distributor")
+"""What the names of mlruntime's job-starting classes end with: an ``mlruntime`` module not
+imported yet is not imported to look (a plugin's may import its framework); the name says."""
+
+
+def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) -> bool:
     values: list[Any] = []
     while isinstance(func, functools.partial):
         values.extend([*func.args, *func.keywords.values()])
@@ -57,9 +64,9 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: set[int]) -> boo
     except ValueError:  # pragma: no cover - a cycle of __wrapped__
         return False
     code = getattr(func, "__code__", None)
-    if code is None or id(code) in seen:
+    if code is None or seen.get(id(code), -1) >= depth:  # read already, as deep or deeper
         return False
-    seen.add(id(code))
+    seen[id(code)] = depth
     names: dict[str, Any] = getattr(func, "__globals__", {})
     for cell in getattr(func, "__closure__", None) or ():
         try:
@@ -67,35 +74,76 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: set[int]) -> boo
         except ValueError:  # an empty cell
             pass
     attributes: set[str] = set()
+    imported: dict[str, set[str]] = {}  # mlruntime modules imported inside: names taken
     for block in _code_objects(code):
         module = ""
         for op in dis.get_instructions(block):
             if op.opname == "IMPORT_NAME":
                 module = str(op.argval)
-            elif op.opname == "IMPORT_FROM" and module.partition(".")[0].startswith("mlruntime"):
-                try:  # mlruntime's own modules import no framework at module level
-                    values.append(getattr(importlib.import_module(module), str(op.argval)))
-                except Exception:
-                    pass
+                if _ours(module):
+                    imported.setdefault(module, set())
+            elif op.opname == "IMPORT_FROM" and _ours(module):
+                imported[module].add(str(op.argval))
             elif op.opname in ("LOAD_GLOBAL", "LOAD_NAME") and op.argval in names:
                 values.append(names[op.argval])
             elif op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
                 attributes.add(str(op.argval))
+    for module, taken in imported.items():
+        loaded = sys.modules.get(module)
+        for name in taken | attributes:  # from m import X / import m; m.X
+            if loaded is not None:
+                values.append(getattr(loaded, name, None))
+            elif name.endswith(LAUNCHER_SUFFIXES):
+                return True
     for value in values:
         if _is_kind(value, kinds):
             return True
         if isinstance(value, types.ModuleType):
-            if value.__name__.partition(".")[0].startswith("mlruntime") and any(
+            if _ours(value.__name__) and any(
                 _is_kind(getattr(value, name, None), kinds) for name in attributes
             ):
                 return True
         elif (
             depth > 0
-            and (isinstance(value, types.FunctionType | functools.partial))
+            and isinstance(value, types.FunctionType | functools.partial)
+            and _users_code(value)
             and _uses(value, kinds, depth - 1, seen)
         ):
             return True
     return False
+
+
+_LIBRARIES = tuple(
+    {
+        os.path.join(os.path.realpath(path), "")
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (path := sysconfig.get_paths().get(key))
+    }
+)
+
+
+def _users_code(func: Any) -> bool:
+    """Whether ``func`` is the user's own code (a notebook's, a project's, mlruntime's when
+    installed from source), not an installed library's or the standard library's, whose
+    functions are not followed (they start no mlruntime jobs, and there are many)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return False
+    path = code.co_filename
+    if path.startswith("<"):  # a notebook cell, exec'd code
+        return True
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_LIBRARIES)
+
+
+def _ours(module: str) -> bool:
+    """Whether ``module`` is mlruntime's or a plugin's (``mlruntime_xgboost`` ...)."""
+    return module.partition(".")[0].startswith("mlruntime")
 
 
 def _attributes_of(obj: Any) -> list[Any]:

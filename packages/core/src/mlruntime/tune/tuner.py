@@ -266,6 +266,7 @@ class Tuner:
         self.config = tuner_config
         self._restore_path: str | None = None
         self._one_at_a_time = False  # of a restored run: what it was started with
+        self._saved: dict[str, Any] = {}  # a restored run's settings file
 
     @classmethod
     def restore(
@@ -307,6 +308,7 @@ class Tuner:
         tuner._restore_path = path
         # Tune restores the run's own concurrency, whatever this config says
         tuner._one_at_a_time = bool(saved.get("one_at_a_time", False))
+        tuner._saved = saved
         return tuner
 
     def run(self, dataset_map: dict[str, Any] | None = None) -> TunerResults:
@@ -346,19 +348,23 @@ class Tuner:
         init()
         nodes = get_nodes()
         config = self.config
+        saved = self._saved  # a restored run's settings: what it was started with
         if config.uses_snowflake_trainer is None:
-            from mlruntime.tune.jobs import starts_jobs
-
-            detected = starts_jobs(self.train_func)
+            if "uses_snowflake_trainer" in saved:
+                detected = bool(saved["uses_snowflake_trainer"])
+            else:
+                detected = _detect_jobs(self.train_func)
+                if detected and config.verbose:
+                    print(
+                        "tuning: train_func starts distributed jobs, so trials reserve nothing "
+                        "of their own (uses_snowflake_trainer=True)"
+                    )
             config = dataclasses.replace(config, uses_snowflake_trainer=detected)
-            if detected and config.verbose:
-                print(
-                    "tuning: train_func starts distributed jobs, so trials reserve nothing of "
-                    "their own (uses_snowflake_trainer=True)"
-                )
         resources, concurrency = _plan_resources(config, nodes)
-        held = None
-        if not config.uses_snowflake_trainer:  # what the trials hold at most, all at once
+        held: dict[str, float] | None = None
+        if "held" in saved:  # Tune restores each trial's reservation as it was
+            held = saved["held"]
+        elif not config.uses_snowflake_trainer:  # what the trials hold at most, all at once
             at_once = min(concurrency, self._trial_count())
             held = {k: v * at_once for k, v in resources.items() if k in ("cpu", "gpu")}
         root = storage.join(storage.storage_uri(), "tune")
@@ -388,6 +394,8 @@ class Tuner:
                     "mode": config.mode,
                     "verbose": config.verbose,
                     "one_at_a_time": one_at_a_time,
+                    "uses_snowflake_trainer": config.uses_snowflake_trainer,
+                    "held": held,
                 }
                 storage.write_bytes(
                     storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
@@ -518,6 +526,18 @@ def _on_idle_workers() -> Iterator[None]:
     finally:
         defaults.clear()
         defaults.update(saved)
+
+
+def _detect_jobs(train_func: Callable[[], Any]) -> bool:
+    """:func:`mlruntime.tune.jobs.starts_jobs`; ``False`` if reading the code fails (an
+    unusual object: a job the check misses still fails at once if it cannot fit)."""
+    from mlruntime.tune.jobs import starts_jobs
+
+    try:
+        return starts_jobs(train_func)
+    except Exception:
+        logger.debug("could not tell whether train_func starts jobs", exc_info=True)
+        return False
 
 
 def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, float], int]:
