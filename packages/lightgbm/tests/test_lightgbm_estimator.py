@@ -76,6 +76,10 @@ def test_two_workers_match_single_process_quality(
     results = est.get_eval_results()
     assert len(results["train"]["l2"]) == 20 and len(results["eval"]["l2"]) == 20
     assert est.last_result.get_metrics()["round"] == 20
+    # rounds reach the driver in batches, every one of them, in order, with its metrics
+    history = est.last_result.get_metrics_history()
+    assert [m["round"] for m in history] == list(range(1, 21))
+    assert [m["train-l2"] for m in history] == results["train"]["l2"]
 
 
 def test_early_stopping_stops_every_rank_together(ray_cluster: None, frame: pd.DataFrame) -> None:

@@ -105,6 +105,10 @@ def test_two_workers_train_the_same_model_within_xgboost_tolerance(
     assert len(results["train"]["rmse"]) == 20 and len(results["eval"]["rmse"]) == 20
     assert results["train"]["rmse"][-1] < results["train"]["rmse"][0]
     assert est.last_result.get_metrics()["round"] == 20
+    # rounds reach the driver in batches, every one of them, in order, with its metrics
+    history = est.last_result.get_metrics_history()
+    assert [m["round"] for m in history] == list(range(1, 21))
+    assert [m["train-rmse"] for m in history] == results["train"]["rmse"]
 
 
 def test_params_override_arguments_and_each_worker_reads_a_shard(

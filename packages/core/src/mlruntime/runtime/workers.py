@@ -195,6 +195,11 @@ class _JobState:
             self.checkpoint = checkpoint
             self.checkpoints_reported += 1
 
+    def report_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Several reports without checkpoints, in order (``Context.report_batch``)."""
+        for metrics in batch:
+            self.report(metrics, None)
+
     def phase(self, event: tuple[str, float]) -> None:
         self.events.append(("phase", event))
 

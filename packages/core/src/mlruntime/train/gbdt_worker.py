@@ -8,6 +8,7 @@ into a :class:`~mlruntime.errors.ConfigError`. A plugin subclasses :class:`GBDTT
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -45,11 +46,18 @@ def merge_evals(*histories: Any) -> EvalHistory:
     return merged
 
 
+REPORT_EVERY_S = 0.1
+"""How often a GBDT job's rank 0 sends its rounds' metrics (a batch of the rounds since the
+last send; the first round, a checkpoint's round and the last round go at once)."""
+
+
 class RoundReporter:
     """Rank 0's view of boosting: each round's metrics to the driver, a checkpoint every
     ``every`` rounds, and the evaluation history so far (including rounds before a restart).
 
-    A framework's training callback calls :meth:`round` once per round.
+    A framework's training callback calls :meth:`round` once per round, and the job's end
+    :meth:`flush`. Rounds are sent in batches, at most every ``REPORT_EVERY_S`` (the driver
+    still gets every round, in order).
 
     Args:
         ctx: The worker's context.
@@ -62,6 +70,8 @@ class RoundReporter:
         self.every = every
         self.previous = previous or {}
         self.current: EvalHistory = {}
+        self.pending: list[dict[str, Any]] = []
+        self.sent_at = 0.0  # (monotonic) the first round is sent at once
 
     def round(
         self, rounds: int, latest: dict[str, dict[str, float]], model_state: Callable[[], Any]
@@ -78,12 +88,23 @@ class RoundReporter:
             for metric, value in per_metric.items():
                 metrics[f"{data_name}-{metric}"] = float(value)
                 self.current.setdefault(data_name, {}).setdefault(metric, []).append(float(value))
-        checkpoint = None
         if self.every and rounds % self.every == 0:
             checkpoint = Checkpoint.from_dict(
                 {"model": model_state(), "rounds": rounds, "evals_result": self.history()}
             )
-        self.ctx.report(metrics, checkpoint=checkpoint)
+            self.flush()  # the rounds before it first, in order
+            self.ctx.report(metrics, checkpoint=checkpoint)
+            return
+        self.pending.append(metrics)
+        if time.monotonic() - self.sent_at >= REPORT_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the rounds not sent yet (the job's end calls it after the last round)."""
+        if self.pending:
+            self.ctx.report_batch(self.pending)
+            self.pending = []
+        self.sent_at = time.monotonic()
 
     def history(self) -> EvalHistory:
         """Every round's metrics so far, restored rounds first."""
@@ -230,6 +251,7 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
                     )
                 reporter = RoundReporter(ctx, spec["checkpoint_every"], resume.history)
                 model = trainer.train(ctx, spec, params, data, resume, reporter)
+                reporter.flush()
             except (*trainer.framework_errors(), *_legacy_errors(trainer)) as exc:
                 lines = str(exc).strip().splitlines()
                 first = lines[0] if lines else repr(exc)
