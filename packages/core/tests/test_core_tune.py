@@ -488,6 +488,13 @@ def test_trials_one_at_a_time_run_their_jobs_on_one_warm_group(ray_cluster: None
     assert two.results["worker"].nunique() == 4
 
 
+def live_placement_groups() -> list[dict[str, Any]]:
+    """Ray's placement groups not removed (of this test session's Ray)."""
+    from ray.util import placement_group_table
+
+    return [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
 def die_mid_job_then_run_one() -> None:
     """Trial ``x=1``: its process is killed while its two-worker job runs; ``x=2``: a job
     that needs every CPU."""
@@ -511,16 +518,13 @@ def die_mid_job_then_run_one() -> None:
 def test_a_trial_that_dies_mid_job_leaves_nothing_reserved(ray_cluster: None) -> None:
     # The dead trial's job held a placement group, which Ray keeps until the driver exits:
     # the next trial's job, which needs every CPU, waited for it and failed.
-    from ray.util import placement_group_table
-
     config = job_trials(max_concurrent_trials=1)
     result = tune.Tuner(die_mid_job_then_run_one, {"x": [1, 2]}, config).run()
     rows = result.results.set_index("config/x")
     assert rows.loc[1, "status"] == "ERROR"
     assert rows.loc[2, "status"] == "TERMINATED"
     assert rows.loc[2, "workers"] == int(sum(n.num_cpus for n in mlruntime.get_nodes()))
-    alive = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
-    assert alive == []
+    assert live_placement_groups() == []
 
 
 def two_worker_job_pids() -> None:
@@ -531,10 +535,7 @@ def two_worker_job_pids() -> None:
 def test_trials_one_at_a_time_leave_no_placement_group_behind(ray_cluster: None) -> None:
     # A placement group outlives the trial process that created it (Ray frees it with the
     # driver): a several-worker job's group is released after each trial, kept or not.
-    from ray.util import placement_group_table
-
     config = job_trials(resource_per_trial={"CPU": 2}, max_concurrent_trials=1)
     result = tune.Tuner(two_worker_job_pids, {"x": [1, 2]}, config).run()
     assert result.results["workers"].nunique() == 2  # each trial's job had new workers
-    alive = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
-    assert alive == []
+    assert live_placement_groups() == []

@@ -265,8 +265,7 @@ class Tuner:
         self.search_space = search_space
         self.config = tuner_config
         self._restore_path: str | None = None
-        self._one_at_a_time = False  # of a restored run: what it was started with
-        self._saved: dict[str, Any] = {}  # a restored run's settings file
+        self._saved: dict[str, Any] = {}  # a restored run's settings: what it was started with
 
     @classmethod
     def restore(
@@ -306,8 +305,7 @@ class Tuner:
             )
         tuner = cls(train_func, search_space or {}, tuner_config)
         tuner._restore_path = path
-        # Tune restores the run's own concurrency, whatever this config says
-        tuner._one_at_a_time = bool(saved.get("one_at_a_time", False))
+        # what the run was started with (Tune restores its concurrency, whatever this says)
         tuner._saved = saved
         return tuner
 
@@ -372,7 +370,9 @@ class Tuner:
         staging = storage.join(root, name, "inputs")
         with StagedInputs(staging) as staged:
             one_at_a_time = (
-                self._one_at_a_time if self._restore_path is not None else concurrency == 1
+                bool(saved.get("one_at_a_time", False))
+                if self._restore_path is not None
+                else concurrency == 1
             )
             # with_parameters puts the staged map into the object store once; every trial
             # fetches it from there.
@@ -424,8 +424,13 @@ class Tuner:
             for value in self.search_space.values():
                 if isinstance(value, (list, tuple)):
                     combinations *= max(1, len(value))
-        grid = type(alg).__name__ == "GridSearch"
-        return combinations * (1 if grid else self.config.num_trials)
+        return combinations * self._num_samples()
+
+    def _num_samples(self) -> int:
+        """Tune's ``num_samples``: one pass over the grid for a grid search, else
+        ``num_trials`` samples (of the grid's every combination, if the space has lists)."""
+        grid = type(self.config.search_alg).__name__ == "GridSearch"
+        return 1 if grid else self.config.num_trials
 
     def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
         from ray import tune
@@ -433,7 +438,6 @@ class Tuner:
         config = self.config
         alg = config.search_alg
         space = to_tune_space(self.search_space, alg.lists)
-        grid = type(alg).__name__ == "GridSearch"
         scheduler = config.scheduler
         if scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
@@ -450,7 +454,7 @@ class Tuner:
             mode=config.mode,
             search_alg=alg.searcher(config.metric, config.mode, concurrency),
             scheduler=scheduler,
-            num_samples=1 if grid else config.num_trials,
+            num_samples=self._num_samples(),
             reuse_actors=True,
         )
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
