@@ -4,6 +4,7 @@ failure for impossible resources, and restore after the driver is killed."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -111,6 +112,66 @@ def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnect
         tune.randint(3, 3)
     with pytest.raises(NotInWorkerError):
         get_tuner_context()
+
+
+def report_without_the_metric(folder: str) -> None:
+    Path(folder, f"{os.getpid()}-{time.time()}").touch()  # one file per trial started
+    get_tuner_context().report({"los": 1.0})
+
+
+def report_a_non_number() -> None:
+    get_tuner_context().report({"loss": "0.5"})
+
+
+def report_a_0d_array() -> None:
+    get_tuner_context().report({"loss": np.array(get_tuner_context().get_hyper_params()["x"])})
+
+
+def report_nothing() -> None:
+    pass
+
+
+def test_bad_reports_end_the_run_at_once_with_the_fix_named(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    # Tune's own check failed the run with a message naming tune.report() and TuneConfig();
+    # a report's value that was not a number ran every trial and then failed in Ray's
+    # get_best_result with "No best trial found"
+    config = quiet(num_trials=8, max_concurrent_trials=1)
+    train = functools.partial(report_without_the_metric, str(tmp_path))
+    with pytest.raises(tune.ReportError, match=r"\['los'\] without the run's metric 'loss'"):
+        tune.Tuner(train, {"x": tune.uniform(0, 1)}, config).run()
+    assert 1 <= len(list(tmp_path.iterdir())) <= 2  # not all 8 trials: the run ended
+    with pytest.raises(ConfigError, match=r"'loss' = '0\.5' .*must be a number"):
+        tune.Tuner(report_a_non_number, {"x": tune.uniform(0, 1)}, config).run()
+
+
+def test_metric_values_that_convert_to_numbers_are_reported_as_floats() -> None:
+    from mlruntime.tune.tuner import _metric_value
+
+    assert _metric_value({"m": 3}, "m") == 3 and isinstance(_metric_value({"m": 3}, "m"), int)
+    assert _metric_value({"m": np.float32(0.5)}, "m") == 0.5
+    value = _metric_value({"m": np.array(0.25)}, "m")
+    assert value == 0.25 and type(value) is float
+    for bad in ("0.5", b"1", None, [1.0], np.array([1.0, 2.0])):
+        with pytest.raises(tune.ReportError, match="must be a number"):
+            _metric_value({"m": bad}, "m")
+    with pytest.raises(tune.ReportError, match=r"got \['a', 'b'\] without the run's metric"):
+        _metric_value({"b": 1, "a": 2}, "m")
+
+
+def test_a_0d_array_is_a_metric_and_a_run_with_no_reports_says_so(
+    ray_cluster: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    space = {"x": [0.5, 0.25]}
+    result = tune.Tuner(report_a_0d_array, space, quiet(search_alg=GridSearch())).run()
+    assert sorted(result.results["loss"]) == [0.25, 0.5]
+    assert result.best_result["config/x"].tolist() == [0.25]
+    with caplog.at_level("WARNING", logger="mlruntime.tune.tuner"):
+        result = tune.Tuner(report_nothing, space, quiet(search_alg=GridSearch())).run()
+    assert result.best_result.empty and result.best_model is None
+    assert set(result.results["status"]) == {"TERMINATED"}
+    assert "no trial reported the metric 'loss'" in caplog.text
 
 
 def nested_xgboost(timed: bool = False) -> None:
@@ -404,6 +465,45 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
     assert starts_jobs(functools.partial(by_class))
     assert starts_jobs(_Fits(estimator))
     assert not starts_jobs(helper_of_helper, depth=0)  # the job is two calls down
+
+    # the user's own classes and objects: their methods are read, and what an object holds
+    class Trainer:
+        def __init__(self, rounds: int) -> None:
+            self.rounds = rounds
+
+        def run(self) -> None:
+            self._fit()
+
+        def _fit(self) -> None:
+            Distributor(verbose=False).run(os.getpid)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.estimator = estimator
+
+    class Reporter:  # a class of the user's that starts nothing
+        def report(self) -> None:
+            get_tuner_context().report({"loss": float(pd.Series([1.0]).mean())})
+
+    trainer, holder, reporter = Trainer(3), Holder(), Reporter()
+
+    def by_users_class() -> None:
+        Trainer(rounds=3).run()
+
+    def by_users_object() -> None:
+        trainer.run()
+
+    def by_what_an_object_holds() -> None:
+        print(holder)
+
+    def by_a_plain_class() -> None:
+        Reporter().report()
+        reporter.report()
+        DataConnector.from_dataframe(pd.DataFrame({"a": [1]})).to_pandas()
+
+    for func in (by_users_class, by_users_object, by_what_an_object_holds):
+        assert starts_jobs(func), func.__name__
+    assert not starts_jobs(by_a_plain_class)
 
 
 def test_a_trial_that_starts_a_job_is_detected(ray_cluster: None) -> None:

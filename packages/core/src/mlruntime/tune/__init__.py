@@ -23,6 +23,7 @@ from mlruntime.tune.space import (
     uniform,
 )
 from mlruntime.tune.tuner import (
+    ReportError,
     Tuner,
     TunerConfig,
     TunerContext,
@@ -37,6 +38,7 @@ __all__ = [
     "LogUniform",
     "RandInt",
     "RandomSearch",
+    "ReportError",
     "SamplingFunction",
     "SearchAlgorithm",
     "Tuner",

@@ -5,7 +5,8 @@ that fits an ``XGBEstimator`` or runs a distributor needs the cluster's CPUs for
 workers, so its own Tune reservation must be empty; with one CPU reserved per trial, as for
 plain trials, the jobs could never be placed. The check reads code, it runs and imports
 nothing: the names ``train_func`` loads (globals, closure cells, what its object holds,
-``mlruntime`` imports inside it), and, a few calls deep, the functions it calls that way.
+``mlruntime`` imports inside it), and, a few calls deep, the functions it calls that way and
+the methods of the user's own classes and objects it uses (``Trainer(...).run()``).
 """
 
 from __future__ import annotations
@@ -103,14 +104,38 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) 
                 _is_kind(getattr(value, name, None), kinds) for name in attributes
             ):
                 return True
-        elif (
-            depth > 0
-            and isinstance(value, types.FunctionType | functools.partial)
-            and _users_code(value)
-            and _uses(value, kinds, depth - 1, seen)
-        ):
-            return True
+        elif depth <= 0:
+            continue
+        elif isinstance(value, types.FunctionType | functools.partial):
+            if _users_code(value) and _uses(value, kinds, depth - 1, seen):
+                return True
+        elif isinstance(value, type):  # a class of the user's: Trainer().run()
+            if any(_uses(method, kinds, depth - 1, seen) for method in _methods(value)):
+                return True
+        elif methods := _methods(type(value)):  # an object of one: what it holds, its methods
+            if any(_is_kind(held, kinds) for held in _attributes_of(value)):
+                return True
+            if any(_uses(method, kinds, depth - 1, seen) for method in methods):
+                return True
     return False
+
+
+def _methods(cls: type) -> list[types.FunctionType]:
+    """The functions of ``cls`` and its bases that are the user's code (methods, static and
+    class methods, property getters); none for a library's class, nor for mlruntime's own
+    (those that start jobs are estimators or distributors, which the check knows)."""
+    found = []
+    for klass in cls.__mro__:
+        if _ours(getattr(klass, "__module__", None) or ""):
+            continue
+        for member in vars(klass).values():
+            if isinstance(member, staticmethod | classmethod):
+                member = member.__func__
+            elif isinstance(member, property):
+                member = member.fget
+            if isinstance(member, types.FunctionType) and _users_code(member):
+                found.append(member)
+    return found
 
 
 _LIBRARIES = tuple(
@@ -129,9 +154,11 @@ def _users_code(func: Any) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
     code = getattr(func, "__code__", None)
-    if code is None:
-        return False
-    path = code.co_filename
+    return code is not None and _users_file(code.co_filename)
+
+
+@functools.lru_cache(maxsize=4096)
+def _users_file(path: str) -> bool:
     if path.startswith("<"):  # a notebook cell, exec'd code
         return True
     path = os.path.realpath(path)

@@ -28,6 +28,7 @@ from mlruntime.tune.search import RandomSearch, SearchAlgorithm
 from mlruntime.tune.space import to_tune_space
 
 __all__ = [
+    "ReportError",
     "Tuner",
     "TunerConfig",
     "TunerContext",
@@ -108,9 +109,15 @@ class TunerContext:
     """What a trial's ``train_func`` asks for: its hyper-parameters, the datasets, and where
     to report. Get it with :func:`get_tuner_context`."""
 
-    def __init__(self, hyper_params: dict[str, Any], dataset_map: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        hyper_params: dict[str, Any],
+        dataset_map: dict[str, Any],
+        metric: str | None = None,
+    ) -> None:
         self._hyper_params = hyper_params
         self._dataset_map = dataset_map
+        self._metric = metric
         self.reports = 0
 
     def get_hyper_params(self) -> dict[str, Any]:
@@ -127,23 +134,63 @@ class TunerContext:
         are stored in their own format, Keras models as ``.keras``; other models (PyTorch
         modules, scikit-learn estimators) are pickled, so load only your own results.
 
+        Every report must hold the run's metric (``TunerConfig.metric``) as a number: Tune
+        compares trials and stops them early on it.
+
         Raises:
-            ConfigError: If ``metrics`` is not a dict.
+            ConfigError: If ``metrics`` is not a dict, or lacks the run's metric or holds it as
+                something other than a number (the run stops: every trial would fail alike).
         """
         from ray import tune
 
         if not isinstance(metrics, dict):
             raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
+        metrics = dict(metrics)
+        if self._metric is not None:
+            metrics[self._metric] = _metric_value(metrics, self._metric)
         self.reports += 1
         if model is None:
-            tune.report(dict(metrics))
+            tune.report(metrics)
             return
         from mlruntime.store.model_files import save_model
 
         with tempfile.TemporaryDirectory() as folder:
             # XGBoost / LightGBM / Keras in their own formats; other models pickled
             save_model(model, folder, torch_weights=False)
-            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+class ReportError(ConfigError):
+    """A trial reported metrics without the run's metric, or with it not a number."""
+
+
+def _metric_value(metrics: dict[str, Any], metric: str) -> Any:
+    """The reported value of the run's ``metric``: numbers as they are; anything else that
+    converts to one (a 0-d array or tensor) as a float.
+
+    Raises:
+        ReportError: If it is missing or not a number.
+    """
+    import numbers
+
+    if metric not in metrics:
+        raise ReportError(
+            f"report() got {sorted(map(str, metrics))} without the run's metric {metric!r} "
+            f"(TunerConfig(metric={metric!r})): report it every time, e.g. "
+            f"get_tuner_context().report({{{metric!r}: value, ...}})"
+        )
+    value = metrics[metric]
+    if isinstance(value, numbers.Real):
+        return value
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ReportError(
+        f"report() got {metric!r} = {value!r:.80} ({type(value).__name__}); the run's metric "
+        "must be a number"
+    )
 
 
 _context: TunerContext | None = None
@@ -166,6 +213,7 @@ def _trial(
     datasets: dict[str, Any],
     keep_groups: bool = False,
     held: dict[str, float] | None = None,
+    metric: str | None = None,
 ) -> None:
     """One trial, in its Tune worker: install the context, run ``train_func``, and release any
     warm worker group the trial's own jobs kept, unless ``keep_groups``.
@@ -179,14 +227,15 @@ def _trial(
     job may need those CPUs, and only this process can release its groups.
 
     ``held``: what the run reserves for its trials when they run no jobs of their own; a job
-    the trial starts anyway that could never be placed beside them fails at once."""
+    the trial starts anyway that could never be placed beside them fails at once. ``metric``:
+    the run's metric, checked in every report."""
     global _context
     # What Ray Tune would have put in the trial actor's runtime env (_on_idle_workers).
     for key, value in _TUNE_ACTOR_ENV.items():
         os.environ.setdefault(key, value)
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
         logging.getLogger(name).setLevel(logging.WARNING)
-    _context = TunerContext(config, datasets)
+    _context = TunerContext(config, datasets, metric)
     reused = False  # whether Tune runs its next trial in this process
     hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if held:
@@ -382,13 +431,16 @@ class Tuner:
                 datasets=staged.stage_map(datasets),
                 keep_groups=one_at_a_time,
                 held=held,
+                metric=config.metric,
             )
             trainable = tune.with_resources(trainable, resources)
+            bad_report = _StopOnBadReport()
             if self._restore_path is not None:
+                # Tune restores its own callbacks and stopper: a bad report fails its trials
                 tuner = tune.Tuner.restore(self._restore_path, trainable=trainable)
                 path = self._restore_path
             else:
-                tuner, path = self._new_tuner(trainable, root, name, concurrency)
+                tuner, path = self._new_tuner(trainable, root, name, concurrency, bad_report)
                 settings = {
                     "metric": config.metric,
                     "mode": config.mode,
@@ -412,6 +464,8 @@ class Tuner:
                     release_orphaned_placement_groups()
                     if started_locally():
                         top_up_idle_workers()
+        if bad_report.error is not None:
+            raise ReportError(bad_report.error)
         return _results(grid, path, self.config)
 
     def _trial_count(self) -> int:
@@ -432,7 +486,9 @@ class Tuner:
         grid = type(self.config.search_alg).__name__ == "GridSearch"
         return 1 if grid else self.config.num_trials
 
-    def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
+    def _new_tuner(
+        self, trainable: Any, root: str, name: str, concurrency: int, stopper: Any
+    ) -> Any:
         from ray import tune
 
         config = self.config
@@ -460,10 +516,17 @@ class Tuner:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         # Tune's JSON and CSV results of each trial, not its TensorBoard one (_without_tensorboard)
-        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(), _ReleaseOrphans()]
+        callbacks: list[Any] = [
+            JsonLoggerCallback(),
+            CSVLoggerCallback(),
+            _ReleaseOrphans(),
+            stopper,
+        ]
         if config.verbose:
             callbacks.append(_ProgressLine(config.metric, config.mode))
-        run_config = tune.RunConfig(name=name, storage_path=root, verbose=0, callbacks=callbacks)
+        run_config = tune.RunConfig(
+            name=name, storage_path=root, verbose=0, callbacks=callbacks, stop=stopper
+        )
         tuner = tune.Tuner(
             trainable, param_space=space, tune_config=tune_config, run_config=run_config
         )
@@ -617,7 +680,14 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
     best_model = None
     best_row = frame.iloc[0:0]
     metric = config.metric
-    if metric in frame.columns and frame[metric].notna().any():
+    if metric not in frame.columns or not frame[metric].notna().any():
+        logger.warning(
+            "no trial reported the metric %r, so there is no best trial: train_func must call "
+            "get_tuner_context().report({%r: value, ...})",
+            metric,
+            metric,
+        )
+    else:
         index = frame[metric].idxmin() if config.mode == "min" else frame[metric].idxmax()
         best_row = frame.loc[[index]]
         best = grid.get_best_result(metric=metric, mode=config.mode, scope="last")
@@ -647,6 +717,48 @@ class _ReleaseOrphans:
                 release_orphaned_placement_groups()
 
         return ReleaseOrphans()
+
+
+class _StopOnBadReport:
+    """Ends the run at the first trial that fails with a :class:`ReportError` (its report
+    lacks the metric, or holds it as something other than a number): every trial would fail
+    the same way, each with a traceback. ``error`` holds the message for ``Tuner.run`` to
+    raise. Both a Tune callback (it sees the failure) and the run's stopper (it ends the run);
+    the message is not saved with the run, so a restored run starts without it."""
+
+    def __new__(cls) -> Any:
+        from ray.tune import Callback
+        from ray.tune.stopper import Stopper
+
+        class StopOnBadReport(Callback, Stopper):
+            def __init__(self) -> None:
+                self.error: str | None = None
+
+            def __getstate__(self) -> dict[str, Any]:
+                return {**self.__dict__, "error": None}
+
+            def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return self.error is not None
+
+            def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+                if self.error is not None:
+                    return
+                try:  # Tune has just written it next to the trial (not yet to the storage)
+                    from ray import cloudpickle
+
+                    with open(trial.pickled_error_file, "rb") as file:
+                        error = cloudpickle.load(file)
+                except Exception:  # unreadable: the trial's failure stays as Tune saw it
+                    logger.debug("could not read trial %s's error", trial, exc_info=True)
+                    return
+                cause = getattr(error, "cause", error)  # a RayTaskError wraps the trial's
+                if isinstance(cause, ReportError):
+                    self.error = str(cause)
+
+        return StopOnBadReport()
 
 
 class _ProgressLine:
