@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,7 +13,13 @@ import pytest
 
 import mlruntime
 from mlruntime.errors import ConfigError
-from mlruntime.runtime.warm import PRELOAD_ENV, preload_modules, ray_system_config
+from mlruntime.runtime.warm import (
+    PRELOAD_ENV,
+    TRIAL_IMPORTS,
+    preload_modules,
+    ray_system_config,
+    with_trial_imports,
+)
 from mlruntime.testing import run_for_result
 
 
@@ -63,6 +70,31 @@ def test_system_config_preloads_and_keeps_what_the_user_set(
     assert ray_system_config([], None, top_up=False) == {}
     monkeypatch.setenv("MLRUNTIME_TOP_UP", "0")
     assert ray_system_config([], None) == {}
+
+
+def test_preloading_ray_tune_preloads_what_a_trial_imports_too() -> None:
+    # a run's first trials waited for these imports on their processes (first trial started
+    # 0.09-0.13 s after Tune's fit began; 0.05-0.06 s with them preloaded)
+    assert ray_system_config(["ray.tune", "xgboost"], None)["preload_python_modules"] == [
+        "ray.tune",
+        "xgboost",
+        TRIAL_IMPORTS,
+    ]
+    assert ray_system_config(["json"], None)["preload_python_modules"] == ["json"]
+    assert with_trial_imports(["ray.tune.search", TRIAL_IMPORTS]) == [
+        "ray.tune.search",
+        TRIAL_IMPORTS,
+    ]
+    # the module imports the trial's side of mlruntime.tune and no framework (a fresh process)
+    code = (
+        f"import sys, {TRIAL_IMPORTS}; "
+        "print(sorted(m for m in ('xgboost', 'lightgbm', 'torch', 'tensorflow', "
+        "'mlruntime.tune.tuner', 'mlruntime.runtime.staging') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+    assert loaded == "['mlruntime.runtime.staging', 'mlruntime.tune.tuner']"
 
 
 def test_preload_for_a_running_ray_is_refused(ray_cluster: None) -> None:

@@ -159,10 +159,24 @@ def ray_system_config(
             "preload and _system_config['preload_python_modules'] disagree; give one of them"
         )
     if modules:
-        merged["preload_python_modules"] = list(modules)
+        merged["preload_python_modules"] = with_trial_imports(modules)
     if top_up and top_up_enabled():
         merged.setdefault("prestart_worker_first_driver", False)
     return merged
+
+
+TRIAL_IMPORTS = "mlruntime.tune._warm"
+"""Preloaded after Ray Tune: what a tuning trial imports besides it (its first trials started
+on processes that still imported them)."""
+
+
+def with_trial_imports(modules: Sequence[str]) -> list[str]:
+    """``modules``, and :data:`TRIAL_IMPORTS` after them when they hold Ray Tune."""
+    names = list(modules)
+    tune = any(name == "ray.tune" or name.startswith("ray.tune.") for name in names)
+    if tune and TRIAL_IMPORTS not in names:
+        names.append(TRIAL_IMPORTS)
+    return names
 
 
 _ALL = frozenset({"*"})
