@@ -89,6 +89,7 @@ class _LightGBMTrainer(GBDTTrainer):
     """Builds the shard's Dataset, joins the network, boosts."""
 
     framework = "LightGBM"
+    framework_module = "lightgbm"
 
     def framework_errors(self) -> tuple[type[BaseException], ...]:
         import lightgbm as lgb

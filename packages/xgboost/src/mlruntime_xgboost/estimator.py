@@ -136,6 +136,7 @@ class _XGBTrainer(GBDTTrainer):
     """Joins the collective, builds the shard's QuantileDMatrix, boosts."""
 
     framework = "XGBoost"
+    framework_module = "xgboost"
     cache_bytes: int | None = None
     """This worker's memory budget for decoded batches (set by :meth:`read_ahead`)."""
 
