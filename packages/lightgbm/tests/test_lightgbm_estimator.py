@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import lightgbm as lgb
@@ -259,43 +257,3 @@ def test_categories_are_gathered_from_every_workers_shard(
     assert est.get_booster().pandas_categorical == [union]  # what predict encodes with
     assert est.predict(data).shape == (len(data),)
     session.close()
-
-
-_IMPORT_IN_A_WORKER = """
-import sys
-
-import numpy as np
-
-from mlruntime.train.gbdt_worker import import_framework
-from mlruntime_lightgbm.estimator import _LightGBMTrainer
-
-import_framework(_LightGBMTrainer.framework_module)  # what run_trainer does first
-import lightgbm
-
-x, y = np.random.default_rng(0).random((64, 3)), np.arange(64.0)
-booster = lightgbm.train({"verbose": -1}, lightgbm.Dataset(x, label=y), 3)
-rounds = booster.current_iteration()
-print("sklearn" in sys.modules, rounds)
-import sklearn.metrics  # importable again, for a custom metric
-
-print(sklearn.metrics.mean_squared_error([1.0], [1.0]))
-"""
-
-
-@pytest.mark.parametrize("keep", [False, True])
-def test_workers_import_lightgbm_without_its_scikit_learn_api(keep: bool) -> None:
-    # import lightgbm imported scikit-learn, SciPy's stats and pandas for its scikit-learn
-    # wrappers: 0.5 s of a new worker's 0.7 s import, in every first fit
-    env = dict(os.environ)
-    env.pop("MLRUNTIME_GBDT_SKLEARN", None)
-    if keep:
-        env["MLRUNTIME_GBDT_SKLEARN"] = "1"
-    run = subprocess.run(
-        [sys.executable, "-c", _IMPORT_IN_A_WORKER],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [str(keep), "3", "0.0"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -379,43 +377,3 @@ def test_a_single_worker_starts_no_tracker() -> None:
     info = backend.driver_setup(SimpleNamespace(scaling=scaling))  # type: ignore[arg-type]
     assert info == {"tracker_args": None, "use_gpu": False, "nthread": 2}
     assert backend._tracker is None  # nothing to synchronise: no rendezvous, no collective
-
-
-_IMPORT_IN_A_WORKER = """
-import sys
-
-import numpy as np
-
-from mlruntime.train.gbdt_worker import import_framework
-from mlruntime_xgboost.estimator import _XGBTrainer
-
-import_framework(_XGBTrainer.framework_module)  # what run_trainer does first
-import xgboost
-
-x, y = np.random.default_rng(0).random((64, 3)), np.arange(64.0)
-booster = xgboost.train({"max_depth": 2}, xgboost.DMatrix(x, label=y), 3)
-rounds = booster.num_boosted_rounds()
-print("sklearn" in sys.modules, rounds)
-import sklearn.metrics  # importable again, for a custom metric
-
-print(sklearn.metrics.mean_squared_error([1.0], [1.0]))
-"""
-
-
-@pytest.mark.parametrize("keep", [False, True])
-def test_workers_import_xgboost_without_its_scikit_learn_api(keep: bool) -> None:
-    # import xgboost imported scikit-learn, SciPy's stats and pandas for its scikit-learn
-    # wrappers: 0.5 s of a new worker's 0.7 s import, in every first fit
-    env = dict(os.environ)
-    env.pop("MLRUNTIME_GBDT_SKLEARN", None)
-    if keep:
-        env["MLRUNTIME_GBDT_SKLEARN"] = "1"
-    run = subprocess.run(
-        [sys.executable, "-c", _IMPORT_IN_A_WORKER],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [str(keep), "3", "0.0"]
