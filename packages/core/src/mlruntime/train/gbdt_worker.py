@@ -286,8 +286,9 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     memory = PeakMemory()
     ahead = trainer.read_ahead(ctx, spec)  # reads while the framework is imported below
     try:
-        if trainer.framework_module:
-            import_framework(trainer.framework_module)
+        module = getattr(trainer, "framework_module", None)  # trainers written before it lack it
+        if module:
+            import_framework(module)
         check_labels(ctx, spec["label"])
         params = trainer.params(ctx, spec)
         # Joining the framework's collective is outside the "invalid parameters" translation:
