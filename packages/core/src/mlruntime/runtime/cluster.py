@@ -304,13 +304,17 @@ def _can_read(path: str, token: str) -> bool:
 _probe = None
 
 
-def check_storage_reachable(uri: str) -> None:
+def check_storage_reachable(uri: str, nodes: list[NodeInfo] | None = None) -> None:
     """Fail fast when workers may run on nodes that cannot see a local-path storage.
 
     For a path on the driver's machine (not an ``s3://``-like URI) and a cluster with other
     nodes, the driver writes a probe file there and a zero-CPU task on every other node
     checks it can read it (a shared NFS path passes); the answer is cached per storage and
     set of nodes.
+
+    Args:
+        uri: The storage path or URI.
+        nodes: The cluster's nodes, if the caller has just listed them (else listed here).
 
     Raises:
         ConfigError: If some node cannot see the storage, naming ``storage=`` and
@@ -323,7 +327,8 @@ def check_storage_reachable(uri: str) -> None:
         return
     ray = _ensure_ray()
     here = ray.get_runtime_context().get_node_id()
-    others = [n for n in get_nodes() if n.node_id != here and (n.num_cpus or n.num_gpus)]
+    listed = get_nodes() if nodes is None else nodes
+    others = [n for n in listed if n.node_id != here and (n.num_cpus or n.num_gpus)]
     if not others:
         return
     key = (uri, frozenset(n.node_id for n in others))

@@ -19,7 +19,13 @@ from typing import Any
 
 from mlruntime.data.connector import DataConnector, ShardedDataConnector
 from mlruntime.errors import ConfigError, WorkerError
-from mlruntime.runtime.cluster import check_storage_reachable, started_locally
+from mlruntime.runtime.cluster import (
+    NodeInfo,
+    check_storage_reachable,
+    get_nodes,
+    init,
+    started_locally,
+)
 from mlruntime.runtime.context import (
     Checkpoint,
     Context,
@@ -217,9 +223,8 @@ def _acquire(
     with _idle_lock:
         group = _idle.pop(key, None)
         _idle_since.pop(key, None)
-    if group is not None and group.alive():
+    if group is not None and group.revive():
         progress.say(f"reusing {scaling.describe()} kept warm")
-        group.refresh_master_port()  # the last job's rendezvous port may linger in TIME_WAIT
         return group
     if group is not None:
         group.shutdown()
@@ -308,14 +313,18 @@ class Distributor:
         self.failure_config = failure_config or FailureConfig()
         self.verbose = verbose
 
-    def resolve(self) -> ResolvedScaling:
-        """Connect to Ray and resolve the scaling config against the live cluster."""
-        from mlruntime.runtime.cluster import get_nodes, init
+    def resolve(self, nodes: list[NodeInfo] | None = None) -> ResolvedScaling:
+        """Connect to Ray and resolve the scaling config against the live cluster.
 
+        Args:
+            nodes: The cluster's nodes, if the caller has just listed them (else listed here).
+        """
         init()
+        if nodes is None:
+            nodes = get_nodes()
         if isinstance(self.scaling_config, NodeScalingConfig):
-            return self.scaling_config.resolve(get_nodes())
-        return resolve_scaling(self.scaling_config, get_nodes())
+            return self.scaling_config.resolve(nodes)
+        return resolve_scaling(self.scaling_config, nodes)
 
     def run(
         self,
@@ -407,19 +416,19 @@ class Distributor:
         params = dict(hyper_params or {})
         _check_sendable("hyper_params", params)
         progress.phase("connect", "connecting to Ray")
-        scaling = self.resolve()
+        init()
+        nodes = get_nodes()  # listed once for the job (a call to Ray's GCS each time)
+        scaling = self.resolve(nodes)
         check_fits_beside_held(scaling)
         packages = current_packages()
         runtime_env = None
         if packages:
-            from mlruntime.runtime.cluster import get_nodes
-
             progress.phase("packages", "installing worker packages")
-            runtime_env = prepare_runtime_env(packages, get_nodes())
+            runtime_env = prepare_runtime_env(packages, nodes)
         if self.backend.binds_all_interfaces and scaling.num_workers > 1 and started_locally():
             runtime_env = with_loopback_binds(runtime_env)
         run_dir = os.fspath(artifact_location) if artifact_location else _default_run_dir(self.name)
-        check_storage_reachable(run_dir)
+        check_storage_reachable(run_dir, nodes)
         storage.makedirs(run_dir)
         with StagedInputs(storage.join(run_dir, "inputs")) as staged:
             if datasets:

@@ -628,6 +628,27 @@ class WorkerGroup:
             return False
         return True
 
+    def revive(self) -> bool:
+        """Ready a kept group for its next job: whether every actor still answers, with a new
+        free rendezvous port picked on rank 0's node (the last job's may linger in
+        TIME_WAIT), both in one round trip (:meth:`alive`, :meth:`refresh_master_port`)."""
+        import ray
+
+        if not self.actors:
+            return False
+        try:
+            port, *_ = ray.get(
+                [
+                    self.actors[0].free_port.remote(self.bind_host(0)),
+                    *(a.ping.remote() for a in self.actors[1:]),
+                ],
+                timeout=10,
+            )
+        except Exception:
+            return False
+        self.master_port = port
+        return True
+
 
 def _actor_ids(actors: Sequence[Any]) -> list[bytes]:
     """Ray's ids of ``actors`` (``None`` and handles without one skipped)."""
