@@ -4,6 +4,7 @@ failure for impossible resources, and restore after the driver is killed."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -147,17 +148,63 @@ def test_bad_reports_end_the_run_at_once_with_the_fix_named(
 
 
 def test_metric_values_that_convert_to_numbers_are_reported_as_floats() -> None:
-    from mlruntime.tune.tuner import _metric_value
+    from mlruntime.tune.tuner import _checked_metrics
 
-    assert _metric_value({"m": 3}, "m") == 3 and isinstance(_metric_value({"m": 3}, "m"), int)
-    assert _metric_value({"m": np.float32(0.5)}, "m") == 0.5
-    value = _metric_value({"m": np.array(0.25)}, "m")
-    assert value == 0.25 and type(value) is float
+    def value(metrics: dict[str, Any], metric: str = "m") -> Any:
+        out = _checked_metrics(metrics, metric)
+        for part in metric.split("/") if metric not in out else [metric]:
+            out = out[part]
+        return out
+
+    assert value({"m": 3}) == 3 and isinstance(value({"m": 3}), int)
+    assert value({"m": np.float32(0.5)}) == 0.5
+    assert value({"m": np.array(0.25)}) == 0.25 and type(value({"m": np.array(0.25)})) is float
+    # nested metrics are named as Tune flattens them; the caller's dicts are left as they were
+    nested = {"eval": {"loss": np.array(0.5), "n": 1}, "x": 1}
+    assert value(nested, "eval/loss") == 0.5 and type(value(nested, "eval/loss")) is float
+    assert isinstance(nested["eval"]["loss"], np.ndarray)
+    assert value({"eval/loss": 2.0}, "eval/loss") == 2.0
     for bad in ("0.5", b"1", None, [1.0], np.array([1.0, 2.0])):
         with pytest.raises(tune.ReportError, match="must be a number"):
-            _metric_value({"m": bad}, "m")
+            _checked_metrics({"m": bad}, "m")
     with pytest.raises(tune.ReportError, match=r"got \['a', 'b'\] without the run's metric"):
-        _metric_value({"b": 1, "a": 2}, "m")
+        _checked_metrics({"b": 1, "a": 2}, "m")
+    with pytest.raises(tune.ReportError, match="without the run's metric 'eval/loss'"):
+        _checked_metrics({"eval": {"rmse": 1.0}}, "eval/loss")
+    # with Ray Tune's TUNE_DISABLE_STRICT_METRIC_CHECKING=1 a report may leave it out
+    assert _checked_metrics({"b": 1}, "m", required=False) == {"b": 1}
+    with pytest.raises(tune.ReportError, match="must be a number"):
+        _checked_metrics({"m": "x"}, "m", required=False)
+
+
+def test_the_report_error_is_found_however_the_trials_failure_wraps_it() -> None:
+    # Tuner.run raises it from the results, for a restored run too (its stopper is Tune's
+    # unpickled copy): as Ray wraps it, as full tracebacks wrap it, as a train_func rewraps it
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayTaskError
+
+    from mlruntime.tune.tuner import _raise_report_error, _report_error
+
+    def failed(error: BaseException | None) -> SimpleNamespace:
+        return SimpleNamespace(error=error)
+
+    bad = tune.ReportError("report() got ['los'] without the run's metric 'loss'")
+    by_ray = RayTaskError("train", "Traceback ...", bad).as_instanceof_cause()
+    try:
+        try:
+            raise bad
+        except tune.ReportError as exc:
+            raise RuntimeError("training failed") from exc
+    except RuntimeError as exc:
+        rewrapped = RayTaskError("train", "Traceback ...", exc).as_instanceof_cause()
+    assert _report_error(by_ray) is bad and _report_error(rewrapped) is bad
+    assert _report_error(RayTaskError("train", "tb", KeyError("b")).as_instanceof_cause()) is None
+    assert _report_error(None) is None
+    _raise_report_error([failed(None), failed(KeyError("b"))])  # other failures: nothing
+    with pytest.raises(tune.ReportError) as raised:
+        _raise_report_error([failed(None), failed(rewrapped)])
+    assert str(raised.value) == str(bad) and raised.value.__cause__ is rewrapped
 
 
 def test_a_0d_array_is_a_metric_and_a_run_with_no_reports_says_so(
@@ -466,7 +513,8 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
     assert starts_jobs(_Fits(estimator))
     assert not starts_jobs(helper_of_helper, depth=0)  # the job is two calls down
 
-    # the user's own classes and objects: their methods are read, and what an object holds
+    # the user's own classes and objects: the methods the code reaches are read (and those
+    # they call on self), and what an object holds under the names it reads
     class Trainer:
         def __init__(self, rounds: int) -> None:
             self.rounds = rounds
@@ -477,15 +525,19 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
         def _fit(self) -> None:
             Distributor(verbose=False).run(os.getpid)
 
+        def score(self) -> float:
+            return float(self.rounds)
+
+    @dataclasses.dataclass
     class Holder:
-        def __init__(self) -> None:
-            self.estimator = estimator
+        estimator: Any
+        note: str = ""
 
     class Reporter:  # a class of the user's that starts nothing
         def report(self) -> None:
             get_tuner_context().report({"loss": float(pd.Series([1.0]).mean())})
 
-    trainer, holder, reporter = Trainer(3), Holder(), Reporter()
+    trainer, holder, reporter = Trainer(3), Holder(estimator), Reporter()
 
     def by_users_class() -> None:
         Trainer(rounds=3).run()
@@ -494,15 +546,19 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
         trainer.run()
 
     def by_what_an_object_holds() -> None:
-        print(holder)
+        holder.estimator.fit(None, [], "y")
 
     def by_a_plain_class() -> None:
         Reporter().report()
         reporter.report()
         DataConnector.from_dataframe(pd.DataFrame({"a": [1]})).to_pandas()
 
+    def by_a_method_that_starts_none() -> None:  # Trainer.run would, but is not called
+        get_tuner_context().report({"loss": trainer.score(), "note": holder.note})
+
     for func in (by_users_class, by_users_object, by_what_an_object_holds):
         assert starts_jobs(func), func.__name__
+    assert not starts_jobs(by_a_method_that_starts_none)
     assert not starts_jobs(by_a_plain_class)
 
 

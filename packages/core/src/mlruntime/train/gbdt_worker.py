@@ -13,6 +13,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -203,16 +204,18 @@ SKLEARN_ENV = "MLRUNTIME_GBDT_SKLEARN"
 
 
 class _Hidden(importlib.abc.MetaPathFinder):
-    """Makes ``modules`` (and their submodules) look not installed while it is on
-    ``sys.meta_path``."""
+    """Makes ``modules`` (and their submodules) look not installed to the thread that made
+    it, while it is on ``sys.meta_path`` (other threads, such as the shard's reader, import as
+    usual)."""
 
     def __init__(self, modules: Sequence[str]) -> None:
         self.modules = tuple(modules)
+        self.thread = threading.get_ident()
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.partition(".")[0] in self.modules:
+        if fullname.partition(".")[0] in self.modules and threading.get_ident() == self.thread:
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
 

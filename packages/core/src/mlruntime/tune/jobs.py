@@ -109,33 +109,95 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) 
         elif isinstance(value, types.FunctionType | functools.partial):
             if _users_code(value) and _uses(value, kinds, depth - 1, seen):
                 return True
-        elif isinstance(value, type):  # a class of the user's: Trainer().run()
-            if any(_uses(method, kinds, depth - 1, seen) for method in _methods(value)):
+        elif isinstance(value, type):  # a class of the user's: Trainer(...).run()
+            if _users_class(value) and _class_uses(value, attributes, kinds, depth, seen):
                 return True
-        elif methods := _methods(type(value)):  # an object of one: what it holds, its methods
-            if any(_is_kind(held, kinds) for held in _attributes_of(value)):
-                return True
-            if any(_uses(method, kinds, depth - 1, seen) for method in methods):
-                return True
+        elif _users_class(type(value)) and _class_uses(  # an object of one: what it holds
+            type(value), attributes, kinds, depth, seen, instance=value
+        ):
+            return True
     return False
 
 
-def _methods(cls: type) -> list[types.FunctionType]:
-    """The functions of ``cls`` and its bases that are the user's code (methods, static and
-    class methods, property getters); none for a library's class, nor for mlruntime's own
-    (those that start jobs are estimators or distributors, which the check knows)."""
-    found = []
-    for klass in cls.__mro__:
-        if _ours(getattr(klass, "__module__", None) or ""):
+CALLED_ANYWAY = ("__init__", "__post_init__", "__call__", "__enter__", "__exit__")
+"""Methods of a class the code runs without naming them (making an object, calling it,
+``with``)."""
+
+
+def _class_uses(
+    cls: type,
+    names: set[str],
+    kinds: tuple[type, ...],
+    depth: int,
+    seen: dict[int, int],
+    instance: Any = None,
+) -> bool:
+    """Whether the methods of the user's class ``cls`` that the caller reaches use one: those
+    it names (``names``: the attributes its code reads) and :data:`CALLED_ANYWAY`, then the
+    ones these name in turn (``self._fit()``); and, for an object, what it holds under those
+    names (``self.estimator``)."""
+    methods = _methods(cls)
+    held = _attributes_dict(instance)
+    todo = [*names, *CALLED_ANYWAY]
+    done: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in done:
             continue
-        for member in vars(klass).values():
+        done.add(name)
+        if name in held and _is_kind(held[name], kinds):
+            return True
+        method = methods.get(name)
+        if method is None:
+            continue
+        if _uses(method, kinds, depth - 1, seen):
+            return True
+        todo.extend(_attribute_names(method))
+    return False
+
+
+def _methods(cls: type) -> dict[str, types.FunctionType]:
+    """The functions of ``cls`` and its bases that are the user's own classes (methods,
+    static and class methods, property getters), by name as the class resolves them."""
+    found: dict[str, types.FunctionType] = {}
+    for klass in cls.__mro__:
+        if not _users_class(klass):
+            continue
+        for name, member in vars(klass).items():
             if isinstance(member, staticmethod | classmethod):
                 member = member.__func__
             elif isinstance(member, property):
                 member = member.fget
-            if isinstance(member, types.FunctionType) and _users_code(member):
-                found.append(member)
+            if isinstance(member, types.FunctionType):
+                found.setdefault(name, member)
     return found
+
+
+def _users_class(cls: type) -> bool:
+    """Whether ``cls`` is the user's (a notebook's, a project's), decided by the file of its
+    module: not mlruntime's own (those that start jobs are estimators or distributors, which
+    the check knows), an installed library's, the standard library's, or a builtin. (Methods
+    a library makes, a dataclass's ``__init__``, are compiled from ``"<string>"``.)"""
+    module = getattr(cls, "__module__", None) or ""
+    if not module or _ours(module) or module in sys.builtin_module_names:
+        return False
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if path is None:  # a notebook's or a script's own module has no file or is __main__
+        return module == "__main__"
+    return _users_file(path)
+
+
+def _attribute_names(func: Any) -> set[str]:
+    """The attribute names ``func``'s code reads (``obj.name``, ``obj.name()``)."""
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return set()
+    return {
+        str(op.argval)
+        for block in _code_objects(code)
+        for op in dis.get_instructions(block)
+        if op.opname in ("LOAD_ATTR", "LOAD_METHOD")
+    }
 
 
 _LIBRARIES = tuple(
@@ -174,10 +236,16 @@ def _ours(module: str) -> bool:
 
 
 def _attributes_of(obj: Any) -> list[Any]:
+    return list(_attributes_dict(obj).values())
+
+
+def _attributes_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
     try:
-        return list(vars(obj).values())
+        return dict(vars(obj))
     except TypeError:  # no __dict__
-        return []
+        return {}
 
 
 def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:

@@ -114,10 +114,12 @@ class TunerContext:
         hyper_params: dict[str, Any],
         dataset_map: dict[str, Any],
         metric: str | None = None,
+        require_metric: bool = True,
     ) -> None:
         self._hyper_params = hyper_params
         self._dataset_map = dataset_map
         self._metric = metric
+        self._require_metric = require_metric
         self.reports = 0
 
     def get_hyper_params(self) -> dict[str, Any]:
@@ -147,7 +149,7 @@ class TunerContext:
             raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
         metrics = dict(metrics)
         if self._metric is not None:
-            metrics[self._metric] = _metric_value(metrics, self._metric)
+            metrics = _checked_metrics(metrics, self._metric, self._require_metric)
         self.reports += 1
         if model is None:
             tune.report(metrics)
@@ -164,33 +166,62 @@ class ReportError(ConfigError):
     """A trial reported metrics without the run's metric, or with it not a number."""
 
 
-def _metric_value(metrics: dict[str, Any], metric: str) -> Any:
-    """The reported value of the run's ``metric``: numbers as they are; anything else that
-    converts to one (a 0-d array or tensor) as a float.
+STRICT_METRIC_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+"""Ray Tune's switch for results without the run's metric; ``1`` lets reports leave it out
+(its value is still checked when it is there)."""
+
+
+def _checked_metrics(metrics: dict[str, Any], metric: str, required: bool = True) -> dict[str, Any]:
+    """``metrics`` with the run's ``metric`` checked: a number as it is; anything else that
+    converts to one (a 0-d array or tensor) as a float. A nested metric is named as Tune
+    flattens it (``"eval/loss"`` is ``{"eval": {"loss": ...}}``).
 
     Raises:
-        ReportError: If it is missing or not a number.
+        ReportError: If it is missing (unless not ``required``) or not a number.
     """
     import numbers
 
+    path = [metric]
     if metric not in metrics:
-        raise ReportError(
-            f"report() got {sorted(map(str, metrics))} without the run's metric {metric!r} "
-            f"(TunerConfig(metric={metric!r})): report it every time, e.g. "
-            f"get_tuner_context().report({{{metric!r}: value, ...}})"
-        )
-    value = metrics[metric]
+        path = metric.split("/")
+        node: Any = metrics
+        for part in path:
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING:
+            if not required:
+                return metrics
+            raise ReportError(
+                f"report() got {sorted(map(str, metrics))} without the run's metric {metric!r} "
+                f"(TunerConfig(metric={metric!r})): report it every time, e.g. "
+                f"get_tuner_context().report({{{metric!r}: value, ...}})"
+            )
+    value: Any = metrics
+    for part in path:
+        value = value[part]
     if isinstance(value, numbers.Real):
-        return value
+        return metrics
     if not isinstance(value, (str, bytes)):
         try:
-            return float(value)
+            return _with_value(metrics, path, float(value))
         except (TypeError, ValueError):
             pass
     raise ReportError(
         f"report() got {metric!r} = {value!r:.80} ({type(value).__name__}); the run's metric "
         "must be a number"
     )
+
+
+_MISSING = object()
+
+
+def _with_value(metrics: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``metrics`` with ``value`` at ``path`` (the dicts on the way copied too)."""
+    out = dict(metrics)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _with_value(metrics[path[0]], path[1:], value)
+    return out
 
 
 _context: TunerContext | None = None
@@ -207,16 +238,23 @@ def get_tuner_context() -> TunerContext:
     return _context
 
 
-def _trial(
-    config: dict[str, Any],
-    train_func: Callable[[], Any],
-    datasets: dict[str, Any],
-    keep_groups: bool = False,
-    held: dict[str, float] | None = None,
-    metric: str | None = None,
-) -> None:
-    """One trial, in its Tune worker: install the context, run ``train_func``, and release any
-    warm worker group the trial's own jobs kept, unless ``keep_groups``.
+@dataclass
+class _TrialJob:
+    """What every trial of a run gets besides its hyper-parameters: one object in Ray's
+    object store (``tune.with_parameters``), so a trial fetches it with one call, not one per
+    argument."""
+
+    train_func: Callable[[], Any]
+    datasets: dict[str, Any]
+    keep_groups: bool = False
+    held: dict[str, float] | None = None
+    metric: str | None = None
+    require_metric: bool = True
+
+
+def _trial(config: dict[str, Any], job: _TrialJob) -> None:
+    """One trial, in its Tune worker: install the context, run ``job.train_func``, and release
+    any warm worker group the trial's own jobs kept, unless ``job.keep_groups``.
 
     With trials one at a time (``keep_groups``), the next trial runs in this same process
     (Tune reuses its actor) and its estimator takes the one-worker group kept warm: no new
@@ -235,16 +273,17 @@ def _trial(
         os.environ.setdefault(key, value)
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
         logging.getLogger(name).setLevel(logging.WARNING)
-    _context = TunerContext(config, datasets, metric)
+    _context = TunerContext(config, job.datasets, job.metric, job.require_metric)
+    keep_groups = job.keep_groups
     reused = False  # whether Tune runs its next trial in this process
     hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if held:
+    if job.held:
         from mlruntime.runtime.scaling import resources_held_elsewhere
 
-        hold = resources_held_elsewhere(held, _RESERVED_ADVICE)
+        hold = resources_held_elsewhere(job.held, _RESERVED_ADVICE)
     try:
         with hold:
-            train_func()
+            job.train_func()
         reused = True
     except SystemExit:  # Tune stopping the trial early (a scheduler): the actor is reused
         reused = True
@@ -425,22 +464,23 @@ class Tuner:
             )
             # with_parameters puts the staged map into the object store once; every trial
             # fetches it from there.
-            trainable = tune.with_parameters(
-                _trial,
+            job = _TrialJob(
                 train_func=self.train_func,
                 datasets=staged.stage_map(datasets),
                 keep_groups=one_at_a_time,
                 held=held,
                 metric=config.metric,
+                # Ray Tune's own switch, read where the run starts (trials run elsewhere)
+                require_metric=os.environ.get(STRICT_METRIC_ENV, "0").strip() != "1",
             )
+            trainable = tune.with_parameters(_trial, job=job)
             trainable = tune.with_resources(trainable, resources)
-            bad_report = _StopOnBadReport()
             if self._restore_path is not None:
-                # Tune restores its own callbacks and stopper: a bad report fails its trials
+                # Tune restores the run's callbacks and stopper (_StopOnBadReport), unpickled
                 tuner = tune.Tuner.restore(self._restore_path, trainable=trainable)
                 path = self._restore_path
             else:
-                tuner, path = self._new_tuner(trainable, root, name, concurrency, bad_report)
+                tuner, path = self._new_tuner(trainable, root, name, concurrency)
                 settings = {
                     "metric": config.metric,
                     "mode": config.mode,
@@ -464,8 +504,7 @@ class Tuner:
                     release_orphaned_placement_groups()
                     if started_locally():
                         top_up_idle_workers()
-        if bad_report.error is not None:
-            raise ReportError(bad_report.error)
+        _raise_report_error(grid)
         return _results(grid, path, self.config)
 
     def _trial_count(self) -> int:
@@ -486,9 +525,7 @@ class Tuner:
         grid = type(self.config.search_alg).__name__ == "GridSearch"
         return 1 if grid else self.config.num_trials
 
-    def _new_tuner(
-        self, trainable: Any, root: str, name: str, concurrency: int, stopper: Any
-    ) -> Any:
+    def _new_tuner(self, trainable: Any, root: str, name: str, concurrency: int) -> Any:
         from ray import tune
 
         config = self.config
@@ -516,12 +553,9 @@ class Tuner:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         # Tune's JSON and CSV results of each trial, not its TensorBoard one (_without_tensorboard)
-        callbacks: list[Any] = [
-            JsonLoggerCallback(),
-            CSVLoggerCallback(),
-            _ReleaseOrphans(),
-            stopper,
-        ]
+        stopper = _StopOnBadReport()
+        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(), _ReleaseOrphans()]
+        callbacks.append(stopper)
         if config.verbose:
             callbacks.append(_ProgressLine(config.metric, config.mode))
         run_config = tune.RunConfig(
@@ -722,9 +756,10 @@ class _ReleaseOrphans:
 class _StopOnBadReport:
     """Ends the run at the first trial that fails with a :class:`ReportError` (its report
     lacks the metric, or holds it as something other than a number): every trial would fail
-    the same way, each with a traceback. ``error`` holds the message for ``Tuner.run`` to
-    raise. Both a Tune callback (it sees the failure) and the run's stopper (it ends the run);
-    the message is not saved with the run, so a restored run starts without it."""
+    the same way, each with a traceback. Both a Tune callback (it sees the failure) and the
+    run's stopper (it ends the run); ``Tuner.run`` then raises the error from the results
+    (:func:`_raise_report_error`, which a restored run, whose stopper Tune unpickles, also
+    gets). The flag is not saved with the run: a restored run starts without it."""
 
     def __new__(cls) -> Any:
         from ray.tune import Callback
@@ -732,19 +767,19 @@ class _StopOnBadReport:
 
         class StopOnBadReport(Callback, Stopper):
             def __init__(self) -> None:
-                self.error: str | None = None
+                self.stopped = False
 
             def __getstate__(self) -> dict[str, Any]:
-                return {**self.__dict__, "error": None}
+                return {**self.__dict__, "stopped": False}
 
             def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
                 return False
 
             def stop_all(self) -> bool:
-                return self.error is not None
+                return self.stopped
 
             def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-                if self.error is not None:
+                if self.stopped:
                     return
                 try:  # Tune has just written it next to the trial (not yet to the storage)
                     from ray import cloudpickle
@@ -754,11 +789,34 @@ class _StopOnBadReport:
                 except Exception:  # unreadable: the trial's failure stays as Tune saw it
                     logger.debug("could not read trial %s's error", trial, exc_info=True)
                     return
-                cause = getattr(error, "cause", error)  # a RayTaskError wraps the trial's
-                if isinstance(cause, ReportError):
-                    self.error = str(cause)
+                self.stopped = _report_error(error) is not None
 
         return StopOnBadReport()
+
+
+def _report_error(error: BaseException | None) -> ReportError | None:
+    """The :class:`ReportError` behind a trial's failure: Ray's ``RayTaskError`` holds the
+    trial's exception as ``cause``; the trial's code may have raised another from it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # RayTaskError(ReportError) is one too
+        if isinstance(error, ReportError) and not isinstance(cause, BaseException):
+            return error
+        error = cause if isinstance(cause, BaseException) else error.__cause__ or error.__context__
+    return None
+
+
+def _raise_report_error(grid: Any) -> None:
+    """Raise the first :class:`ReportError` a trial of the run failed with, if any.
+
+    Raises:
+        ReportError: The trial's, with its message (the trial's failure chained).
+    """
+    for result in grid:
+        found = _report_error(result.error)
+        if found is not None:
+            raise ReportError(str(found)) from result.error
 
 
 class _ProgressLine:
