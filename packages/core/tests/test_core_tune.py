@@ -150,10 +150,12 @@ def test_bad_reports_end_the_run_at_once_with_the_fix_named(
 def test_metric_values_that_convert_to_numbers_are_reported_as_floats() -> None:
     from mlruntime.tune.tuner import _checked_metrics
 
-    def value(metrics: dict[str, Any], metric: str = "m") -> Any:
-        out = _checked_metrics(metrics, metric)
-        for part in metric.split("/") if metric not in out else [metric]:
-            out = out[part]
+    def value(metrics: dict[Any, Any], metric: str = "m") -> Any:
+        from mlruntime.tune.tuner import _flat_paths
+
+        out: Any = _checked_metrics(metrics, metric)
+        for key in _flat_paths(out)[metric]:
+            out = out[key]
         return out
 
     assert value({"m": 3}) == 3 and isinstance(value({"m": 3}), int)
@@ -164,6 +166,11 @@ def test_metric_values_that_convert_to_numbers_are_reported_as_floats() -> None:
     assert value(nested, "eval/loss") == 0.5 and type(value(nested, "eval/loss")) is float
     assert isinstance(nested["eval"]["loss"], np.ndarray)
     assert value({"eval/loss": 2.0}, "eval/loss") == 2.0
+    # as Ray Tune flattens: a "/" in a key, keys that are not strings, the nested value wins
+    assert value({"a/b": {"c": np.array(1.5)}}, "a/b/c") == 1.5
+    assert value({"eval": {1: np.array(3.0)}}, "eval/1") == 3.0
+    with pytest.raises(tune.ReportError, match="must be a number"):
+        _checked_metrics({"eval/loss": 1.0, "eval": {"loss": "x"}}, "eval/loss")
     for bad in ("0.5", b"1", None, [1.0], np.array([1.0, 2.0])):
         with pytest.raises(tune.ReportError, match="must be a number"):
             _checked_metrics({"m": bad}, "m")
@@ -199,6 +206,13 @@ def test_the_report_error_is_found_however_the_trials_failure_wraps_it() -> None
     except RuntimeError as exc:
         rewrapped = RayTaskError("train", "Traceback ...", exc).as_instanceof_cause()
     assert _report_error(by_ray) is bad and _report_error(rewrapped) is bad
+    other = RuntimeError("an exception of the user's with a cause attribute of its own")
+    other.cause = ValueError("not Ray's")  # type: ignore[attr-defined]
+    other.__context__ = bad
+    assert _report_error(other) is bad  # both ways looked at
+    hidden = RuntimeError("replaced")
+    hidden.__context__, hidden.__suppress_context__ = bad, True  # raise ... from None
+    assert _report_error(hidden) is None
     assert _report_error(RayTaskError("train", "tb", KeyError("b")).as_instanceof_cause()) is None
     assert _report_error(None) is None
     _raise_report_error([failed(None), failed(KeyError("b"))])  # other failures: nothing
@@ -457,7 +471,9 @@ class _Fits:
         self.estimator.fit(None, [], "y")
 
 
-def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
+def test_detection_finds_estimators_and_distributors_in_train_funcs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import functools
 
     import mlruntime.runtime.distributor as distributor_module
@@ -556,9 +572,68 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs() -> None:
     def by_a_method_that_starts_none() -> None:  # Trainer.run would, but is not called
         get_tuner_context().report({"loss": trainer.score(), "note": holder.note})
 
-    for func in (by_users_class, by_users_object, by_what_an_object_holds):
+    class Base:
+        def run(self) -> None:
+            Distributor(verbose=False).run(os.getpid)
+
+    class Derived(Base):
+        def run(self) -> None:  # the job is in the base's run, reached through super()
+            super().run()
+
+    class Config:
+        estimator = GBDTEstimator  # a class attribute
+
+    class Outer:  # a user object held by another
+        def __init__(self) -> None:
+            self.inner = holder
+
+    class CallableTrainer:
+        def __call__(self) -> None:
+            self._fit()
+
+        def _fit(self) -> None:
+            Distributor(verbose=False).run(os.getpid)
+
+    outer = Outer()
+
+    def by_super() -> None:
+        Derived().run()
+
+    def by_a_class_attribute() -> None:
+        Config.estimator()
+
+    def by_a_held_object() -> None:
+        outer.inner.estimator.fit(None, [], "y")
+
+    for func in (by_users_class, by_users_object, by_what_an_object_holds, by_super):
         assert starts_jobs(func), func.__name__
+    for func in (by_a_class_attribute, by_a_held_object, CallableTrainer(), trainer.run):
+        assert starts_jobs(func), func
     assert not starts_jobs(by_a_method_that_starts_none)
+
+    # a big class whose methods name each other and the class: read once, not per mention
+    body = "\n".join(
+        f"    def m{i}(self):\n        return Big.m{(i + 1) % 200}(self) or self.m{i // 2}()"
+        for i in range(200)
+    )
+    scope: dict[str, Any] = {"__name__": "__main__"}  # as a notebook's
+    exec(f"class Big:\n{body}\n", scope)
+    big = scope["Big"]()
+
+    def uses_big() -> None:
+        big.m0()
+
+    from mlruntime.tune import jobs
+
+    real_uses, reads = jobs._uses, []
+
+    def counted(*args: Any) -> bool:
+        reads.append(args[0])
+        return real_uses(*args)
+
+    monkeypatch.setattr(jobs, "_uses", counted)
+    assert not starts_jobs(uses_big)
+    assert len(reads) <= 4 * 200  # each method once per depth (17 s before, on this one)
     assert not starts_jobs(by_a_plain_class)
 
 

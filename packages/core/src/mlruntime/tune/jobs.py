@@ -50,14 +50,17 @@ LAUNCHER_SUFFIXES = ("Estimator", "Distributor")
 imported yet is not imported to look (a plugin's may import its framework); the name says."""
 
 
-def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) -> bool:
+def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[Any, Any]) -> bool:
     values: list[Any] = []
+    owner: Any = None  # the object of a bound method or callable object: its other methods
     while isinstance(func, functools.partial):
         values.extend([*func.args, *func.keywords.values()])
         func = func.func
     if isinstance(func, types.MethodType):  # what its object holds: self.estimator ...
-        values.extend(_attributes_of(func.__self__))
+        owner = func.__self__
+        values.extend(_attributes_of(owner))
     elif not isinstance(func, types.FunctionType):  # a callable object
+        owner = func
         values.extend(_attributes_of(func))
         func = inspect.getattr_static(type(func), "__call__", None)
     try:
@@ -96,7 +99,17 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) 
                 values.append(getattr(loaded, name, None))
             elif name.endswith(LAUNCHER_SUFFIXES):
                 return True
-    for value in values:
+    if (
+        owner is not None
+        and depth > 0
+        and _users_class(type(owner))
+        and _class_uses(type(owner), attributes, kinds, depth, seen, instance=owner)
+    ):
+        return True  # self._fit() in a train_func that is a method or a callable object
+    unique: dict[int, Any] = {}
+    for value in values:  # each once (a class named in many places)
+        unique.setdefault(id(value), value)
+    for value in unique.values():
         if _is_kind(value, kinds):
             return True
         if isinstance(value, types.ModuleType):
@@ -119,9 +132,18 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[int, int]) 
     return False
 
 
-CALLED_ANYWAY = ("__init__", "__post_init__", "__call__", "__enter__", "__exit__")
+CALLED_ANYWAY = (
+    "__new__",
+    "__init__",
+    "__post_init__",
+    "__call__",
+    "__enter__",
+    "__exit__",
+    "__iter__",
+    "__getitem__",
+)
 """Methods of a class the code runs without naming them (making an object, calling it,
-``with``)."""
+``with``, ``for``, ``[]``)."""
 
 
 def _class_uses(
@@ -129,75 +151,109 @@ def _class_uses(
     names: set[str],
     kinds: tuple[type, ...],
     depth: int,
-    seen: dict[int, int],
+    seen: dict[Any, Any],
     instance: Any = None,
 ) -> bool:
     """Whether the methods of the user's class ``cls`` that the caller reaches use one: those
-    it names (``names``: the attributes its code reads) and :data:`CALLED_ANYWAY`, then the
-    ones these name in turn (``self._fit()``); and, for an object, what it holds under those
-    names (``self.estimator``)."""
+    it names (``names``: the attributes its code reads) and :data:`CALLED_ANYWAY`, every
+    definition of each along the class's bases (``super().run()``), then the ones these name
+    in turn (``self._fit()``); and what the object or class holds under those names
+    (``self.estimator``; a user object held there is read the same way, one level deeper).
+    Each name of a class (with its object) is read once per depth, however often the class
+    turns up."""
+    done: set[str] = seen.setdefault(("class", id(cls), id(instance), depth), set())
     methods = _methods(cls)
     held = _attributes_dict(instance)
     todo = [*names, *CALLED_ANYWAY]
-    done: set[str] = set()
     while todo:
         name = todo.pop()
         if name in done:
             continue
         done.add(name)
-        if name in held and _is_kind(held[name], kinds):
+        value = held[name] if name in held else _class_attribute(cls, name)
+        if _is_kind(value, kinds):
             return True
-        method = methods.get(name)
-        if method is None:
-            continue
-        if _uses(method, kinds, depth - 1, seen):
+        if (
+            value is not None
+            and depth > 1
+            and not isinstance(value, type)
+            and _users_class(type(value))
+            and _class_uses(type(value), names | done, kinds, depth - 1, seen, instance=value)
+        ):
             return True
-        todo.extend(_attribute_names(method))
+        for method in methods.get(name, ()):
+            if _uses(method, kinds, depth - 1, seen):
+                return True
+            todo.extend(_attribute_names(method.__code__))
     return False
 
 
-def _methods(cls: type) -> dict[str, types.FunctionType]:
+def _class_attribute(cls: type, name: str) -> Any:
+    """What ``cls`` holds under ``name`` that is not a function (``Config.estimator``)."""
+    value = inspect.getattr_static(cls, name, None)
+    if isinstance(value, types.FunctionType | staticmethod | classmethod | property):
+        return None
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _methods(cls: type) -> dict[str, tuple[types.FunctionType, ...]]:
     """The functions of ``cls`` and its bases that are the user's own classes (methods,
-    static and class methods, property getters), by name as the class resolves them."""
-    found: dict[str, types.FunctionType] = {}
+    static and class methods, property getters, cached ones), by name, every definition
+    along the bases (most derived first)."""
+    found: dict[str, list[types.FunctionType]] = {}
     for klass in cls.__mro__:
         if not _users_class(klass):
             continue
         for name, member in vars(klass).items():
-            if isinstance(member, staticmethod | classmethod):
-                member = member.__func__
-            elif isinstance(member, property):
-                member = member.fget
-            if isinstance(member, types.FunctionType):
-                found.setdefault(name, member)
-    return found
+            function = _function_of(member)
+            if function is not None:
+                found.setdefault(name, []).append(function)
+    return {name: tuple(functions) for name, functions in found.items()}
+
+
+def _function_of(member: Any) -> types.FunctionType | None:
+    """The plain function behind a class member: a method, a static or class method, a
+    property's getter, a ``functools.cached_property`` or ``lru_cache``-wrapped method."""
+    if isinstance(member, staticmethod | classmethod):
+        member = member.__func__
+    elif isinstance(member, property):
+        member = member.fget
+    elif isinstance(member, functools.cached_property):
+        member = member.func
+    member = getattr(member, "__wrapped__", member)
+    return member if isinstance(member, types.FunctionType) else None
 
 
 def _users_class(cls: type) -> bool:
-    """Whether ``cls`` is the user's (a notebook's, a project's), decided by the file of its
-    module: not mlruntime's own (those that start jobs are estimators or distributors, which
-    the check knows), an installed library's, the standard library's, or a builtin. (Methods
-    a library makes, a dataclass's ``__init__``, are compiled from ``"<string>"``.)"""
+    """Whether ``cls`` is the user's (a notebook's, a script's, a project's), decided by the
+    file of its module: not mlruntime's own (those that start jobs are estimators or
+    distributors, which the check knows), an installed library's, the standard library's, or
+    a builtin. (Methods a library makes, a dataclass's ``__init__``, are compiled from
+    ``"<string>"``.)"""
     module = getattr(cls, "__module__", None) or ""
+    if module == "__main__":  # a notebook's or script's (python -m cProfile: a stdlib __main__)
+        return True
     if not module or _ours(module) or module in sys.builtin_module_names:
         return False
-    path = getattr(sys.modules.get(module), "__file__", None)
-    if path is None:  # a notebook's or a script's own module has no file or is __main__
-        return module == "__main__"
+    loaded = sys.modules.get(module)
+    path = getattr(loaded, "__file__", None)
+    if path is None:  # exec'd or run_path code: where its functions were compiled from
+        return loaded is None and any(
+            _users_code(f) for f in map(_function_of, vars(cls).values()) if f is not None
+        )
     return _users_file(path)
 
 
-def _attribute_names(func: Any) -> set[str]:
-    """The attribute names ``func``'s code reads (``obj.name``, ``obj.name()``)."""
-    code = getattr(func, "__code__", None)
-    if code is None:
-        return set()
-    return {
+@functools.lru_cache(maxsize=4096)
+def _attribute_names(code: types.CodeType) -> frozenset[str]:
+    """The attribute names ``code`` reads (``obj.name``, ``obj.name()``)."""
+    return frozenset(
         str(op.argval)
         for block in _code_objects(code)
         for op in dis.get_instructions(block)
         if op.opname in ("LOAD_ATTR", "LOAD_METHOD")
-    }
+    )
 
 
 _LIBRARIES = tuple(

@@ -173,31 +173,27 @@ STRICT_METRIC_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 
 def _checked_metrics(metrics: dict[str, Any], metric: str, required: bool = True) -> dict[str, Any]:
     """``metrics`` with the run's ``metric`` checked: a number as it is; anything else that
-    converts to one (a 0-d array or tensor) as a float. A nested metric is named as Tune
-    flattens it (``"eval/loss"`` is ``{"eval": {"loss": ...}}``).
+    converts to one (a 0-d array or tensor) as a float. A nested metric is named as Ray Tune
+    flattens results (``"eval/loss"`` is ``{"eval": {"loss": ...}}``).
 
     Raises:
         ReportError: If it is missing (unless not ``required``) or not a number.
     """
     import numbers
 
-    path = [metric]
-    if metric not in metrics:
-        path = metric.split("/")
-        node: Any = metrics
-        for part in path:
-            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-        if node is _MISSING:
-            if not required:
-                return metrics
-            raise ReportError(
-                f"report() got {sorted(map(str, metrics))} without the run's metric {metric!r} "
-                f"(TunerConfig(metric={metric!r})): report it every time, e.g. "
-                f"get_tuner_context().report({{{metric!r}: value, ...}})"
-            )
+    paths = _flat_paths(metrics)
+    if metric not in paths:
+        if not required:
+            return metrics
+        raise ReportError(
+            f"report() got {sorted(paths)} without the run's metric {metric!r} "
+            f"(TunerConfig(metric={metric!r})): report it every time, e.g. "
+            f"get_tuner_context().report({{{metric!r}: value, ...}})"
+        )
+    path = paths[metric]
     value: Any = metrics
-    for part in path:
-        value = value[part]
+    for key in path:
+        value = value[key]
     if isinstance(value, numbers.Real):
         return metrics
     if not isinstance(value, (str, bytes)):
@@ -211,16 +207,27 @@ def _checked_metrics(metrics: dict[str, Any], metric: str, required: bool = True
     )
 
 
-_MISSING = object()
+def _flat_paths(metrics: dict[Any, Any]) -> dict[str, tuple[Any, ...]]:
+    """Each name Ray Tune gives a reported value when it flattens the result (nested keys
+    joined with ``/``; a nested value wins over a flat key of the same name), and the keys
+    that lead to it."""
+    paths: dict[str, tuple[Any, ...]] = {}
+    level: list[tuple[str, tuple[Any, ...], Any]] = [(str(k), (k,), v) for k, v in metrics.items()]
+    while level:
+        deeper: list[tuple[str, tuple[Any, ...], Any]] = []
+        for name, path, value in level:
+            if isinstance(value, dict):
+                deeper.extend((f"{name}/{k}", (*path, k), v) for k, v in value.items())
+            else:
+                paths[name] = path
+        level = deeper
+    return paths
 
 
-def _with_value(metrics: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+def _with_value(metrics: dict[Any, Any], path: tuple[Any, ...], value: Any) -> dict[Any, Any]:
     """A copy of ``metrics`` with ``value`` at ``path`` (the dicts on the way copied too)."""
     out = dict(metrics)
-    if len(path) == 1:
-        out[path[0]] = value
-    else:
-        out[path[0]] = _with_value(metrics[path[0]], path[1:], value)
+    out[path[0]] = value if len(path) == 1 else _with_value(metrics[path[0]], path[1:], value)
     return out
 
 
@@ -471,7 +478,7 @@ class Tuner:
                 held=held,
                 metric=config.metric,
                 # Ray Tune's own switch, read where the run starts (trials run elsewhere)
-                require_metric=os.environ.get(STRICT_METRIC_ENV, "0").strip() != "1",
+                require_metric=not _env_flag(STRICT_METRIC_ENV),
             )
             trainable = tune.with_parameters(_trial, job=job)
             trainable = tune.with_resources(trainable, resources)
@@ -796,15 +803,29 @@ class _StopOnBadReport:
 
 def _report_error(error: BaseException | None) -> ReportError | None:
     """The :class:`ReportError` behind a trial's failure: Ray's ``RayTaskError`` holds the
-    trial's exception as ``cause``; the trial's code may have raised another from it."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
+    trial's exception as ``cause``; the trial's code may have raised another from it (or
+    while handling it, unless ``from None``)."""
+    todo, seen = [error], set()
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
         seen.add(id(error))
         cause = getattr(error, "cause", None)  # RayTaskError(ReportError) is one too
-        if isinstance(error, ReportError) and not isinstance(cause, BaseException):
+        wrapped = cause if isinstance(cause, BaseException) else None
+        if isinstance(error, ReportError) and wrapped is None:
             return error
-        error = cause if isinstance(cause, BaseException) else error.__cause__ or error.__context__
+        context = None if error.__suppress_context__ else error.__context__
+        todo.extend([context, error.__cause__, wrapped])  # the wrapped one looked at first
     return None
+
+
+def _env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is ``1``, read as Ray Tune reads its own."""
+    try:
+        return int(os.environ.get(name, "0")) == 1
+    except ValueError:
+        return False
 
 
 def _raise_report_error(grid: Any) -> None:
