@@ -419,7 +419,7 @@ class Distributor:
         init()
         nodes = get_nodes()  # listed once for the job (a call to Ray's GCS each time)
         scaling = self.resolve(nodes)
-        check_fits_beside_held(scaling)
+        check_fits_beside_held(scaling, nodes)
         packages = current_packages()
         runtime_env = None
         if packages:

@@ -351,23 +351,20 @@ def resources_held_elsewhere(resources: dict[str, float], advice: str) -> Iterat
         _held_elsewhere = saved
 
 
-def check_fits_beside_held(scaling: ResolvedScaling) -> None:
+def check_fits_beside_held(scaling: ResolvedScaling, nodes: Sequence[NodeInfo]) -> None:
     """Check that a job could ever be placed beside what is held elsewhere
-    (:func:`resources_held_elsewhere`; nothing to check, and nothing asked of Ray, outside
-    it).
+    (:func:`resources_held_elsewhere`; nothing to check outside it).
 
     Args:
         scaling: The job's resolved scaling.
+        nodes: The cluster's nodes (the job's listing).
 
     Raises:
         ResourceError: If the job needs more CPUs or GPUs than the cluster has beside them.
     """
     if _held_elsewhere is None:
         return
-    from mlruntime.runtime.cluster import get_nodes
-
     held, advice = _held_elsewhere
-    nodes = get_nodes()
     for key, each in (("CPU", scaling.num_cpus), ("GPU", scaling.num_gpus)):
         need = scaling.num_workers * each
         total = sum(n.num_cpus if key == "CPU" else n.num_gpus for n in nodes)

@@ -616,22 +616,10 @@ class WorkerGroup:
                 return
             top_up_idle_workers(nodes, ended)
 
-    def alive(self) -> bool:
-        """Whether every actor still answers."""
-        import ray
-
-        if not self.actors:
-            return False
-        try:
-            ray.get([a.ping.remote() for a in self.actors], timeout=10)
-        except Exception:
-            return False
-        return True
-
     def revive(self) -> bool:
-        """Ready a kept group for its next job: whether every actor still answers, with a new
-        free rendezvous port picked on rank 0's node (the last job's may linger in
-        TIME_WAIT), both in one round trip (:meth:`alive`, :meth:`refresh_master_port`)."""
+        """Ready a kept group for its next job: whether every actor still answers (rank 0 by
+        picking a new free rendezvous port on its node, as the last job's may linger in
+        TIME_WAIT; the others by a ping), in one round trip."""
         import ray
 
         if not self.actors:
