@@ -77,7 +77,7 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[Any, Any]) 
             values.append(cell.cell_contents)
         except ValueError:  # an empty cell
             pass
-    attributes: set[str] = set()
+    attributes = set(_attribute_names(code))
     imported: dict[str, set[str]] = {}  # mlruntime modules imported inside: names taken
     for block in _code_objects(code):
         module = ""
@@ -90,8 +90,6 @@ def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[Any, Any]) 
                 imported[module].add(str(op.argval))
             elif op.opname in ("LOAD_GLOBAL", "LOAD_NAME") and op.argval in names:
                 values.append(names[op.argval])
-            elif op.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-                attributes.add(str(op.argval))
     for module, taken in imported.items():
         loaded = sys.modules.get(module)
         for name in taken | attributes:  # from m import X / import m; m.X

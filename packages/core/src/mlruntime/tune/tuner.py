@@ -281,7 +281,6 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
     for name in ("ray.train", "ray.tune"):  # "checkpoint created" lines for every report
         logging.getLogger(name).setLevel(logging.WARNING)
     _context = TunerContext(config, job.datasets, job.metric, job.require_metric)
-    keep_groups = job.keep_groups
     reused = False  # whether Tune runs its next trial in this process
     hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if job.held:
@@ -306,7 +305,7 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
                     top_up=False,
                     # kept: one-worker groups, which end with this process; never a placement
                     # group, which would outlive it (until the driver exits)
-                    placement_groups_only=keep_groups and reused,
+                    placement_groups_only=job.keep_groups and reused,
                 )
             except Exception:  # best effort: the next trial's job makes room itself
                 logger.debug("releasing the trial's idle worker groups failed", exc_info=True)
@@ -560,9 +559,13 @@ class Tuner:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         # Tune's JSON and CSV results of each trial, not its TensorBoard one (_without_tensorboard)
-        stopper = _StopOnBadReport()
-        callbacks: list[Any] = [JsonLoggerCallback(), CSVLoggerCallback(), _ReleaseOrphans()]
-        callbacks.append(stopper)
+        stopper = _StopOnBadReport()  # a callback too: it sees the trials fail
+        callbacks: list[Any] = [
+            JsonLoggerCallback(),
+            CSVLoggerCallback(),
+            _ReleaseOrphans(),
+            stopper,
+        ]
         if config.verbose:
             callbacks.append(_ProgressLine(config.metric, config.mode))
         run_config = tune.RunConfig(
