@@ -403,8 +403,10 @@ class DataConnector:
     # -- outputs ----------------------------------------------------------------------------
 
     def _tables(self, pieces: Sequence[Piece], depth: int = 2) -> Iterator[pa.Table]:
-        if all(isinstance(p.fragment, ArrowFragment) for p in pieces):
-            depth = 0  # slices of a table in memory: a reader thread would only add its start
+        if len(pieces) <= 1 or all(isinstance(p.fragment, ArrowFragment) for p in pieces):
+            # one piece (the consumer waits for it anyway), or slices of a table in memory: a
+            # reader thread would only add its start and a hand-over (~1 ms of a small read)
+            depth = 0
         return prefetch(read_pieces(pieces, self._columns), depth=depth)
 
     def iter_tables(

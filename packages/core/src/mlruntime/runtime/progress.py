@@ -9,17 +9,18 @@ metrics. ``verbose=False`` or ``MLRUNTIME_QUIET=1`` show neither bar nor summary
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any
+
+from mlruntime._env import env_flag
 
 __all__ = ["QUIET_ENV", "Progress", "quiet"]
 
 logger = logging.getLogger(__name__)
 
 QUIET_ENV = "MLRUNTIME_QUIET"
-"""Set to a non-empty value (other than ``0``) to silence every progress bar and summary."""
+"""Set to ``1`` (or ``true``/``yes``/``on``) to silence every progress bar and summary."""
 
 STEP_KEYS = ("round", "epoch", "step", "batch", "iteration", "trial")
 """Metric names that count progress; the first one present moves the bar."""
@@ -27,7 +28,7 @@ STEP_KEYS = ("round", "epoch", "step", "batch", "iteration", "trial")
 
 def quiet() -> bool:
     """Whether ``MLRUNTIME_QUIET`` asks for no progress output."""
-    return os.environ.get(QUIET_ENV, "") not in ("", "0")
+    return env_flag(QUIET_ENV)
 
 
 class Progress:

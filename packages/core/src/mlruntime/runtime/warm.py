@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from mlruntime._env import env_flag
 from mlruntime.errors import ConfigError
 
 __all__ = [
@@ -203,7 +204,7 @@ def is_driver() -> bool:
 
 def top_up_enabled() -> bool:
     """Whether ``MLRUNTIME_TOP_UP`` allows top-ups (default: yes)."""
-    return os.environ.get(TOP_UP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(TOP_UP_ENV, default=True)
 
 
 def resume_top_ups() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from mlruntime._env import env_flag
 from mlruntime.errors import ConfigError, DatasetExistsError, QueryError, TableNotFoundError
 from mlruntime.store.dataframe import DataFrame
 from mlruntime.store.storage import HOME_ENV, WRITE_MODES, mlruntime_home, private_files
@@ -80,7 +81,7 @@ class Session:
     ):
         self.path = str(mlruntime_home() / "warehouse.duckdb") if path is None else os.fspath(path)
         if snowflake_identifiers is None:
-            snowflake_identifiers = os.environ.get(SNOWFLAKE_IDENTIFIERS_ENV, "") == "1"
+            snowflake_identifiers = env_flag(SNOWFLAKE_IDENTIFIERS_ENV)
         self.snowflake_identifiers = snowflake_identifiers
         # the warehouse (and the WAL and spill files DuckDB makes beside it when queries write)
         # is the user's only inside mlruntime's home
@@ -407,7 +408,7 @@ def get_active_session() -> Session:
     global _active
     with _active_lock:
         home_db = str(mlruntime_home() / "warehouse.duckdb")
-        quoted = os.environ.get(SNOWFLAKE_IDENTIFIERS_ENV, "") == "1"
+        quoted = env_flag(SNOWFLAKE_IDENTIFIERS_ENV)
         if (
             _active is None
             or _active.path != home_db

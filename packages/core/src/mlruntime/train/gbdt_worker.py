@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from mlruntime._env import env_flag
 from mlruntime.data.batching import ReadAhead
 from mlruntime.data.connector import ShardedDataConnector
 from mlruntime.errors import ConfigError
@@ -237,8 +237,7 @@ def import_framework(module: str) -> None:
     """
     if module in sys.modules:
         return
-    keep = os.environ.get(SKLEARN_ENV, "0").strip().lower() not in ("", "0", "false", "no")
-    if keep or "sklearn" in sys.modules:
+    if env_flag(SKLEARN_ENV) or "sklearn" in sys.modules:
         importlib.import_module(module)
         return
     hidden = _Hidden(["sklearn"])
