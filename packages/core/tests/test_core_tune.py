@@ -22,8 +22,10 @@ import pytest
 import mlruntime
 from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
+from mlruntime.store import storage
 from mlruntime.testing import run_for_result, wait_for_idle_workers
 from mlruntime.tune import get_tuner_context
+from mlruntime.tune import tuner as tuner_module
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
 
 
@@ -58,7 +60,9 @@ def test_grid_is_the_full_product_and_the_best_model_comes_back(
     assert set(frame["rows"]) == {50} and set(frame["training_iteration"]) == {3}
     assert result.best_result["config/x"].tolist() == [2]
     assert result.best_model == {"x": 2, "y": 0}
-    assert result.path.startswith(mlruntime.runtime.cluster.__name__ and str(result.path))
+    # kept under mlruntime's storage
+    assert result.path.startswith(storage.join(storage.storage_uri(), "tune") + "/")
+    assert Path(result.path, tuner_module.SETTINGS_FILE).is_file()
 
 
 def test_random_search_is_reproducible_and_bayes_takes_every_sampling_type(
@@ -113,6 +117,33 @@ def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnect
         tune.randint(3, 3)
     with pytest.raises(NotInWorkerError):
         get_tuner_context()
+
+
+def test_the_progress_line_counts_every_trial_of_the_run(
+    ray_cluster: None, data: DataConnector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trials done of the run's total (not of the trials made so far), failed ones counted;
+    a trial reserving nothing (``{"CPU": 0}``) runs."""
+    config = tune.TunerConfig(
+        metric="loss",
+        mode="min",
+        search_alg=GridSearch(),
+        max_concurrent_trials=1,
+        resource_per_trial={"CPU": 0},
+    )
+    result = tune.Tuner(fail_on_three, {"x": [1, 2, 3, 4]}, config).run({"data": data})
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "trial(s) done" in ln]
+    assert lines[0].startswith("tuning: 1 trial(s) done of 4; best loss ")
+    assert lines[-1].startswith("tuning: 4 trial(s) done of 4 (1 failed); best loss ")
+    assert len(lines) == 4
+    assert result.results["status"].tolist().count("ERROR") == 1
+
+
+def fail_on_three() -> None:
+    ctx = get_tuner_context()
+    if ctx.get_hyper_params()["x"] == 3:
+        raise ValueError("three")
+    ctx.report({"loss": float(ctx.get_hyper_params()["x"])})
 
 
 def report_without_the_metric(folder: str) -> None:
@@ -309,8 +340,11 @@ def test_trials_with_estimators_run_side_by_side_on_a_bigger_cluster(tmp_path: P
 DRIVER = textwrap.dedent(
     """
     import os, sys, time
+    import pandas as pd
+    import ray
     import mlruntime
-    from mlruntime import tune
+    from mlruntime import DataConnector, tune
+    from mlruntime.errors import ConfigError
     from mlruntime.tune import get_tuner_context
     from mlruntime.tune.search import GridSearch
 
@@ -319,17 +353,25 @@ DRIVER = textwrap.dedent(
     def slow():
         ctx = get_tuner_context()
         x = ctx.get_hyper_params()["x"]
-        open(os.path.join(marks, f"start-{x}-{os.getpid()}-{time.time()}"), "w").close()
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+        rows = ctx.get_dataset_map()["data"].count_rows()
+        open(os.path.join(marks, f"start-{x}-{cpus:g}-{rows}-{os.getpid()}-{time.time()}"), "w").close()
         time.sleep(1.5)
         ctx.report({"loss": float(x)})
 
     config = tune.TunerConfig(metric="loss", mode="min", search_alg=GridSearch(),
-                              max_concurrent_trials=1, name="restorable", verbose=False)
+                              max_concurrent_trials=1, resource_per_trial={"CPU": 2},
+                              name="restorable", verbose=False)
+    data = {"data": DataConnector.from_dataframe(pd.DataFrame({"a": range(7)}))}
     if sys.argv[1] == "start":
-        tune.Tuner(slow, {"x": list(range(6))}, config).run()
+        tune.Tuner(slow, {"x": list(range(6))}, config).run(data)
     else:
         path = os.path.join(os.environ["MLRUNTIME_HOME"], "tune", "restorable")
-        result = tune.Tuner.restore(path, slow).run()
+        try:  # the stored train_func; the datasets must come again
+            tune.Tuner.restore(path).run()
+        except ConfigError as exc:
+            print("NO DATA:", exc)
+        result = tune.Tuner.restore(path).run(data)
         print("RESULT", sorted(result.results["config/x"]), result.best_result["config/x"].tolist())
     """
 )
@@ -355,11 +397,21 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     driver.wait()
     started_before = {p.name.split("-")[1] for p in marks.iterdir()}
     assert 2 <= len(started_before) < 6
-    result = run_for_result([sys.executable, str(script), "restore", str(marks)], env, 300)
-    assert result == "[0, 1, 2, 3, 4, 5] [0]"
+    restore = subprocess.run(
+        [sys.executable, str(script), "restore", str(marks)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert restore.returncode == 0, restore.stderr[-3000:]
+    assert "NO DATA:" in restore.stdout and "['data']" in restore.stdout
+    assert "RESULT [0, 1, 2, 3, 4, 5] [0]" in restore.stdout, restore.stdout[-2000:]
     starts: dict[str, int] = {}
     for p in marks.iterdir():
-        x = p.name.split("-")[1]
+        _, x, cpus, rows, *_ = p.name.split("-")
+        # the restored trials reserve what the run asked for, and read the datasets given
+        assert (cpus, rows) == ("2", "7"), p.name
         starts[x] = starts.get(x, 0) + 1
     # trials that finished before the kill were not run again: at most the one running at the
     # kill ran twice
@@ -374,7 +426,8 @@ def xgboost_trial() -> None:
     x = rng.random((100, 2))
     data = xgb.DMatrix(x, label=x[:, 0] * ctx.get_hyper_params()["scale"])
     booster = xgb.train({"max_depth": 2}, data, num_boost_round=3)
-    ctx.report({"loss": float(ctx.get_hyper_params()["scale"])}, model=booster)
+    for _ in range(2):  # a model every round: only a trial's latest is kept
+        ctx.report({"loss": float(ctx.get_hyper_params()["scale"])}, model=booster)
 
 
 def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> None:
@@ -386,7 +439,7 @@ def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> N
     result = tune.Tuner(xgboost_trial, {"scale": [1.0, 2.0]}, config).run()
     assert isinstance(result.best_model, xgb.Booster)
     stored = sorted(p.name for p in Path(result.path).rglob("*") if p.name.startswith("model"))
-    assert stored and all(name == "model.ubj" for name in stored), stored
+    assert stored == ["model.ubj", "model.ubj"], stored  # one per trial
     assert any(Path(result.path).rglob(DESCRIPTION_FILE))
     # Tune's JSON/CSV results are kept; its TensorBoard logger (tensorboardX -> torch, 3 s of
     # the driver's start) is not added

@@ -614,13 +614,18 @@ def _default_run_dir(name: str) -> str:
     return storage.join(storage.storage_uri(), "runs", f"{name}-{stamp}-{uuid.uuid4().hex[:6]}")
 
 
-def _check_callable(fn: Any) -> None:
+def _check_callable(fn: Any) -> bytes:
+    """``fn`` pickled as Ray sends it to workers.
+
+    Raises:
+        ConfigError: If ``fn`` is not callable or cannot be pickled.
+    """
     if not callable(fn):
         raise ConfigError(f"train_func must be callable, got {type(fn).__name__}")
     try:
         import ray.cloudpickle as cloudpickle
 
-        cloudpickle.dumps(fn)
+        return cloudpickle.dumps(fn)
     except Exception as exc:
         raise ConfigError(
             f"train_func {getattr(fn, '__name__', fn)!r} cannot be sent to workers: it is not "

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "mlruntime_tuner.json"
 """The run's metric and mode, kept with Tune's state so ``Tuner.restore`` needs no config."""
 
+TRAIN_FUNC_FILE = "mlruntime_train_func.pkl"
+"""The run's ``train_func`` (cloudpickled), so ``Tuner.restore(path)`` needs no function."""
+
 
 @dataclass
 class TunerConfig:
@@ -365,24 +368,46 @@ class Tuner:
     def restore(
         cls,
         path: str,
-        train_func: Callable[[], Any],
+        train_func: Callable[[], Any] | None = None,
         search_space: dict[str, Any] | None = None,
         tuner_config: TunerConfig | None = None,
     ) -> Tuner:
         """A tuner that finishes the run stored at ``path`` (``TunerResults.path``, printed
-        when a run starts): finished trials are kept, unfinished ones run again.
+        when a run starts): finished trials are kept, unfinished ones run again, with the
+        resources, concurrency and settings the run started with. Pass ``run`` the same
+        ``dataset_map`` again (datasets are not stored with the run).
+
+        Args:
+            path: The run's folder.
+            train_func: The trial function (default: the one the run stored, unpickled; a
+                function from a module must be importable here).
+            search_space: Unused by a restored run (Tune restores the search's state); kept
+                for the ``Tuner`` constructor's order.
+            tuner_config: Overrides the stored settings (default: as the run started).
 
         Raises:
-            ConfigError: If nothing restorable is stored at ``path``.
+            ConfigError: If nothing restorable is stored at ``path``, or the run stored no
+                ``train_func`` and none is given.
         """
         import json
 
+        import ray.cloudpickle as cloudpickle
         from ray import tune
 
         from mlruntime.store import storage
 
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"no tuning run to restore at {path!r}")
+        if train_func is None:
+            try:
+                train_func = cloudpickle.loads(
+                    storage.read_bytes(storage.join(path, TRAIN_FUNC_FILE))
+                )
+            except FileNotFoundError as exc:
+                raise ConfigError(
+                    f"the run at {path!r} stored no train_func: pass it, "
+                    "Tuner.restore(path, train_func)"
+                ) from exc
         try:
             saved = json.loads(storage.read_bytes(storage.join(path, SETTINGS_FILE)))
         except FileNotFoundError as exc:
@@ -395,8 +420,14 @@ class Tuner:
             saved = {}
         if tuner_config is None:
             tuner_config = TunerConfig(
-                metric=saved["metric"], mode=saved["mode"], verbose=saved["verbose"]
+                metric=saved["metric"],
+                mode=saved["mode"],
+                verbose=saved["verbose"],
+                # each trial Tune makes after the restore takes the trainable's reservation
+                resource_per_trial=saved.get("resource_per_trial"),
+                max_concurrent_trials=saved.get("max_concurrent_trials"),
             )
+        assert train_func is not None  # loaded above when not given
         tuner = cls(train_func, search_space or {}, tuner_config)
         tuner._restore_path = path
         # what the run was started with (Tune restores its concurrency, whatever this says)
@@ -435,12 +466,18 @@ class Tuner:
         from mlruntime.runtime.workers import release_orphaned_placement_groups
         from mlruntime.store import storage
 
-        _check_callable(self.train_func)
+        pickled_func = _check_callable(self.train_func)
         datasets = _check_dataset_map(dataset_map)
+        saved = self._saved  # a restored run's settings: what it was started with
+        missing = sorted(set(saved.get("datasets", ())) - set(datasets))
+        if missing:
+            raise ConfigError(
+                f"the restored run read the dataset(s) {missing} from its dataset_map: pass "
+                "run() the same dataset_map again (datasets are not stored with the run)"
+            )
         init()
         nodes = get_nodes()
         config = self.config
-        saved = self._saved  # a restored run's settings: what it was started with
         if config.uses_snowflake_trainer is None:
             if "uses_snowflake_trainer" in saved:
                 detected = bool(saved["uses_snowflake_trainer"])
@@ -462,6 +499,12 @@ class Tuner:
         root = storage.join(storage.storage_uri(), "tune")
         name = config.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         staging = storage.join(root, name, "inputs")
+        if self._restore_path is not None:
+            staging = storage.join(self._restore_path, "inputs")
+            try:  # what the interrupted run staged as files, now unreadable (new objects)
+                storage.remove(staging)
+            except OSError:
+                pass
         with StagedInputs(staging) as staged:
             one_at_a_time = (
                 bool(saved.get("one_at_a_time", False))
@@ -494,10 +537,14 @@ class Tuner:
                     "one_at_a_time": one_at_a_time,
                     "uses_snowflake_trainer": config.uses_snowflake_trainer,
                     "held": held,
+                    "resource_per_trial": config.resource_per_trial,
+                    "max_concurrent_trials": config.max_concurrent_trials,
+                    "datasets": sorted(datasets),
                 }
                 storage.write_bytes(
                     storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
                 )
+                storage.write_bytes(storage.join(path, TRAIN_FUNC_FILE), pickled_func)
             if config.verbose:
                 print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
             with storage.private_files(root), _without_tensorboard(), _on_idle_workers():
@@ -567,9 +614,16 @@ class Tuner:
             stopper,
         ]
         if config.verbose:
-            callbacks.append(_ProgressLine(config.metric, config.mode))
+            callbacks.append(_ProgressLine(config.metric, config.mode, self._trial_count()))
         run_config = tune.RunConfig(
-            name=name, storage_path=root, verbose=0, callbacks=callbacks, stop=stopper
+            name=name,
+            storage_path=root,
+            verbose=0,
+            callbacks=callbacks,
+            stop=stopper,
+            # a trial's latest model only (best_model reads it): a model reported every round
+            # was kept for every round
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         )
         tuner = tune.Tuner(
             trainable, param_space=space, tune_config=tune_config, run_config=run_config
@@ -683,6 +737,8 @@ def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, fl
     if config.uses_snowflake_trainer:
         # The trial process only drives its job: it reserves nothing the job's workers need
         # (Tune needs some reservation: one byte of memory).
+        return {"cpu": 0.0, "memory": 1.0}, concurrency
+    if cpu == 0 and gpu == 0:  # Tune needs some reservation (as above)
         return {"cpu": 0.0, "memory": 1.0}, concurrency
     return {"cpu": cpu, "gpu": gpu}, concurrency
 
@@ -844,19 +900,17 @@ def _raise_report_error(grid: Any) -> None:
 
 
 class _ProgressLine:
-    """A one-line, notebook-friendly view: trials done of started, best so far."""
+    """A one-line, notebook-friendly view: trials done (failed ones among them) of the run's
+    ``total``, best so far."""
 
-    def __new__(cls, metric: str, mode: str) -> Any:
+    def __new__(cls, metric: str, mode: str, total: int) -> Any:
         from ray.tune import Callback
 
         class ProgressLine(Callback):
             def __init__(self) -> None:
                 self.done = 0
-                self.started = 0
+                self.failed = 0
                 self.best: float | None = None
-
-            def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-                self.started += 1
 
             def on_trial_result(
                 self, iteration: int, trials: Any, trial: Any, result: dict[str, Any], **info: Any
@@ -873,9 +927,18 @@ class _ProgressLine:
                 self, iteration: int, trials: Any, trial: Any, **info: Any
             ) -> None:
                 self.done += 1
+                self.show()
+
+            def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+                self.done += 1
+                self.failed += 1
+                self.show()
+
+            def show(self) -> None:
                 best = "n/a" if self.best is None else f"{self.best:.6g}"
+                failed = f" ({self.failed} failed)" if self.failed else ""
                 print(
-                    f"tuning: {self.done} trial(s) done of {len(trials)}; best {metric} {best}",
+                    f"tuning: {self.done} trial(s) done of {total}{failed}; best {metric} {best}",
                     flush=True,
                 )
 
