@@ -4,10 +4,10 @@ dpf_example.ipynb`` (supply chain allocation with ``scipy.optimize.linprog`` per
 Differences: imports (``snowflake.ml.modeling.distributors.distributed_partition_function.*``
 -> ``mlruntime.partition``, the session from ``mlruntime``); ``session.use_schema`` and
 ``CREATE STAGE`` left out (a stage is a folder under the storage, made on first write; the
-harness attaches the ``MY_DATABASE.MY_SCHEMA`` catalog); ``scale_cluster`` left out; the
+harness attaches the ``MY_DATABASE.MY_SCHEMA`` catalog); the
 stage-mode data step uses DuckDB's ``COPY ... TO <stage folder> (PARTITION_BY)`` for
 Snowflake's ``COPY INTO @stage PARTITION BY`` and ``LIST @stage``; the ML Jobs (``@remote``)
-and clean-up sections are left out.
+section is left out.
 """
 
 # ---- Setup
@@ -35,6 +35,10 @@ print(f"Session: {session}")
 
 # ---- Import DPF modules
 from mlruntime.partition import DPF, DPFRun, ExecutionOptions, RunStatus  # noqa: E402
+from mlruntime import scale_cluster  # noqa: E402
+
+# Scale to 3 nodes for parallel processing
+scale_cluster(expected_cluster_size=3)
 
 
 # ---- Create Synthetic Supply Chain Data
@@ -273,3 +277,13 @@ print(f"Stage mode completed with status: {stage_status}")
 
 # View the results written to the Snowflake table
 session.table(output_table).show()
+
+# ---- Clean Up
+scale_cluster(expected_cluster_size=1)
+
+# Uncomment to drop objects created by this notebook
+# session.sql(f"DROP TABLE IF EXISTS {input_table}").collect()
+# session.sql(f"DROP TABLE IF EXISTS {output_table}").collect()
+# session.sql(f"DROP STAGE IF EXISTS {dpf_stage}").collect()
+# session.sql(f"DROP STAGE IF EXISTS {input_stage}").collect()
+# session.sql(f"DROP STAGE IF EXISTS {job_stage}").collect()

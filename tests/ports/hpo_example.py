@@ -2,10 +2,9 @@
 
 Source: Snowflake-Labs/sf-samples, samples/ml/container_runtime_hpo/hpo_example.ipynb (all code
 cells). Differences from the original:
-- imports (``snowflake.ml.modeling.tune`` -> ``mlruntime.tune``, the data connector and the
-  session -> ``mlruntime``);
-- ``scale_cluster(2)`` (Snowflake's notebook-cluster scaling) is left out: start nodes with
-  ``ray start`` instead.
+imports only (``snowflake.ml.modeling.tune`` -> ``mlruntime.tune``; the data connector, the
+session and ``scale_cluster`` -> ``mlruntime``). ``scale_cluster(2)`` on the embedded Ray
+warns that this machine is the whole cluster and returns False; the notebook goes on.
 """
 
 import xgboost as xgb
@@ -54,6 +53,10 @@ def train_func():
         test_labels, model.predict(test_features)
     )
     tuner_context.report(metrics={"accuracy": accuracy}, model=model)
+
+from mlruntime import scale_cluster
+
+scale_cluster(2) # scale up from single node to two nodes
 
 ######### STEP 3: START HPO RUN With Bayes Opt Search ##########
 tuner = tune.Tuner(

@@ -45,3 +45,51 @@ def test_nodes_read_as_snowflakes_node_mappings(ray_cluster: None) -> None:
 def test_init_with_a_different_address_while_connected_is_refused(ray_cluster: None) -> None:
     with pytest.raises(ConfigError, match=r"already connected to another cluster.*shutdown"):
         mlruntime.init(address="10.255.255.1:6379")
+
+
+def test_scale_cluster_on_the_embedded_ray(
+    ray_cluster: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded Ray is one machine: its size is there at once, more nodes never come."""
+    assert mlruntime.scale_cluster(1) is True
+    with caplog.at_level("WARNING", logger="mlruntime.runtime.cluster"):
+        assert mlruntime.scale_cluster(2) is False
+    assert "embedded Ray" in caplog.text and "ray start --head" in caplog.text
+    for bad, match in [
+        ({"expected_cluster_size": 0}, ">= 1"),
+        ({"expected_cluster_size": 1.5}, "whole number"),
+        ({"expected_cluster_size": 2, "options": {"rollback_after": 5}}, "unknown"),
+        ({"expected_cluster_size": 2, "options": {"rollback_after_seconds": -1}}, ">= 0"),
+        ({"expected_cluster_size": 2, "options": {"block_until_min_cluster_size": 3}}, "between"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            mlruntime.scale_cluster(**bad)  # type: ignore[arg-type]
+
+
+def test_scale_cluster_waits_for_nodes_to_join(caplog: pytest.LogCaptureFixture) -> None:
+    """On a cluster of its own (``ray start``-like), it waits for the nodes being started."""
+    import threading
+    import time
+
+    from mlruntime.testing import simulated_cluster
+
+    with simulated_cluster([(1, 0)]) as cluster:
+        assert mlruntime.scale_cluster(2, is_async=True) is False  # not there yet, no wait
+        answer: list[bool] = []
+        waiting = threading.Thread(
+            target=lambda: answer.append(
+                mlruntime.scale_cluster(2, options={"rollback_after_seconds": 90})
+            )
+        )
+        waiting.start()
+        time.sleep(1.0)
+        assert waiting.is_alive()  # it waits for the node
+        cluster.add_node(num_cpus=1)  # (Ray starts nodes from the main thread only)
+        waiting.join()
+        assert answer == [True]
+        assert len(mlruntime.get_nodes()) == 2
+        assert mlruntime.scale_cluster(3, options={"block_until_min_cluster_size": 2}) is True
+        with caplog.at_level("WARNING", logger="mlruntime.runtime.cluster"):
+            assert mlruntime.scale_cluster(3, options={"rollback_after_seconds": 1}) is False
+            assert mlruntime.scale_cluster(1) is False  # mlruntime stops no node
+        assert "ray start --address=" in caplog.text and "stops none" in caplog.text

@@ -23,7 +23,7 @@ import mlruntime
 from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
 from mlruntime.store import storage
-from mlruntime.testing import run_for_result, wait_for_idle_workers
+from mlruntime.testing import wait_for_idle_workers
 from mlruntime.tune import get_tuner_context
 from mlruntime.tune import tuner as tuner_module
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
@@ -355,7 +355,8 @@ DRIVER = textwrap.dedent(
         x = ctx.get_hyper_params()["x"]
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
         rows = ctx.get_dataset_map()["data"].count_rows()
-        open(os.path.join(marks, f"start-{x}-{cpus:g}-{rows}-{os.getpid()}-{time.time()}"), "w").close()
+        mark = f"start-{x}-{cpus:g}-{rows}-{os.getpid()}-{time.time()}"
+        open(os.path.join(marks, mark), "w").close()
         time.sleep(1.5)
         ctx.report({"loss": float(x)})
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mlruntime.runtime.cluster import get_nodes as get_nodes
     from mlruntime.runtime.cluster import init as init
     from mlruntime.runtime.cluster import is_initialized as is_initialized
+    from mlruntime.runtime.cluster import scale_cluster as scale_cluster
     from mlruntime.runtime.cluster import shutdown as shutdown
     from mlruntime.runtime.context import Checkpoint as Checkpoint
     from mlruntime.runtime.context import Context as Context
@@ -102,6 +103,7 @@ _LAZY: dict[str, str] = {
     "shutdown": "mlruntime.runtime.cluster",
     "is_initialized": "mlruntime.runtime.cluster",
     "get_nodes": "mlruntime.runtime.cluster",
+    "scale_cluster": "mlruntime.runtime.cluster",
     "worker_packages": "mlruntime.runtime.packages",
     "cluster_resources": "mlruntime.runtime.cluster",
 }

@@ -31,11 +31,14 @@ __all__ = [
     "get_nodes",
     "init",
     "is_initialized",
+    "scale_cluster",
     "shutdown",
 ]
 
 ADDRESS_ENV = "MLRUNTIME_ADDRESS"
 """Environment variable naming the Ray cluster to connect to (``ray://...`` or ``HOST:PORT``)."""
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _started_by_us = False
@@ -288,6 +291,125 @@ def get_nodes() -> list[NodeInfo]:
             )
         )
     return sorted(nodes, key=lambda n: (not n.is_head, n.address, n.node_id))
+
+
+SCALE_WAIT_S = 120.0
+"""How long ``scale_cluster`` waits for nodes to join by default."""
+
+SCALE_OPTIONS = ("block_until_min_cluster_size", "rollback_after_seconds")
+"""The ``options`` of ``scale_cluster`` (Snowflake's names)."""
+
+
+def scale_cluster(
+    expected_cluster_size: int,
+    *,
+    notebook_name: str | None = None,
+    is_async: bool = False,
+    options: dict[str, Any] | None = None,
+) -> bool:
+    """Wait until the Ray cluster has ``expected_cluster_size`` nodes, head included
+    (Snowflake's ``snowflake.ml.runtime_cluster.scale_cluster``, same arguments).
+
+    mlruntime provisions no machines: a node joins when ``ray start --address=<head>`` runs on
+    it (see docs/cluster.md), and leaves with ``ray stop``. So this checks, and waits for
+    nodes being started:
+
+    - the cluster already has the size (or ``options["block_until_min_cluster_size"]``
+      nodes): ``True``;
+    - the embedded Ray that ``mlruntime.init`` started is this machine alone and no node can
+      join it: a warning, and ``False`` at once (jobs run on this machine);
+    - ``is_async``: whether the cluster has the size now, without waiting;
+    - otherwise it waits up to ``options["rollback_after_seconds"]`` (default 120 s) for
+      nodes to join, naming the head's address to start them with; ``False`` and a warning
+      if they do not come (nothing is rolled back: no node was started by this call).
+
+    Asking for fewer nodes than the cluster has gives a warning and ``False`` (mlruntime
+    stops no node; jobs use every node unless their scaling config says otherwise).
+
+    Args:
+        expected_cluster_size: Nodes wanted, head included (``>= 1``).
+        notebook_name: Snowflake's notebook to scale; accepted, unused.
+        is_async: Return at once instead of waiting for nodes to join.
+        options: ``block_until_min_cluster_size`` (nodes enough to return ``True``; default
+            ``expected_cluster_size``), ``rollback_after_seconds`` (how long to wait).
+
+    Returns:
+        Whether the cluster has (at least the minimum of) the nodes asked for.
+
+    Raises:
+        ConfigError: For a size below 1, an unknown option, or a negative wait.
+    """
+    import time
+
+    del notebook_name  # Snowflake's notebook service; nothing to name here
+    if isinstance(expected_cluster_size, bool) or not isinstance(expected_cluster_size, int):
+        raise ConfigError(
+            f"expected_cluster_size must be a whole number of nodes, got {expected_cluster_size!r}"
+        )
+    if expected_cluster_size < 1:
+        raise ConfigError(f"expected_cluster_size must be >= 1, got {expected_cluster_size}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(SCALE_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown scale_cluster option(s) {unknown}; known: {list(SCALE_OPTIONS)}"
+        )
+    enough = int(options.get("block_until_min_cluster_size", expected_cluster_size))
+    if not 1 <= enough <= expected_cluster_size:
+        raise ConfigError(
+            f"block_until_min_cluster_size must be between 1 and {expected_cluster_size}, "
+            f"got {enough}"
+        )
+    wait_s = float(options.get("rollback_after_seconds", SCALE_WAIT_S))
+    if wait_s < 0:
+        raise ConfigError(f"rollback_after_seconds must be >= 0, got {wait_s:g}")
+    have = len(get_nodes())
+    if have > expected_cluster_size:
+        logger.warning(
+            "scale_cluster(%d): the cluster has %d nodes and mlruntime stops none (run "
+            "`ray stop` on the machines to remove); jobs use every node unless their scaling "
+            "config asks for fewer",
+            expected_cluster_size,
+            have,
+        )
+        return False
+    if have >= enough:
+        return True
+    if started_locally():
+        logger.warning(
+            "scale_cluster(%d): this is the embedded Ray mlruntime started on this machine, "
+            "and no node can join it; jobs run on this one machine. For more nodes start a "
+            "cluster with `ray start --head` and connect to it (docs/cluster.md)",
+            expected_cluster_size,
+        )
+        return False
+    if is_async:
+        return False
+    import ray
+
+    head = ray.get_runtime_context().gcs_address
+    logger.warning(
+        "scale_cluster(%d): the cluster has %d node(s); waiting up to %gs for more to join "
+        "(run `ray start --address=%s` on them)",
+        expected_cluster_size,
+        have,
+        wait_s,
+        head,
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        have = len(get_nodes())
+        if have >= enough:
+            return True
+        if time.monotonic() >= deadline:
+            logger.warning(
+                "scale_cluster(%d): %d node(s) after %gs; jobs run on those",
+                expected_cluster_size,
+                have,
+                wait_s,
+            )
+            return False
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 _reachable: set[tuple[str, frozenset[str]]] = set()
