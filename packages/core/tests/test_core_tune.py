@@ -109,6 +109,11 @@ def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnect
     too_big = quiet(resource_per_trial={"CPU": 64})
     with pytest.raises(ResourceError, match="largest node"):
         tune.Tuner(quadratic, {"x": 1}, too_big).run({"data": data})
+    with pytest.raises(ResourceError, match=r"1 GPU\(s\), but the largest node has .* 0 GPU"):
+        tune.Tuner(quadratic, {"x": 1}, quiet(resource_per_trial={"GPU": 1})).run({"data": data})
+    jobs_too_big = quiet(uses_snowflake_trainer=True, resource_per_trial={"CPU": 64})
+    with pytest.raises(ResourceError, match="each trial's job needs 64 CPU"):
+        tune.Tuner(quadratic, {"x": 1}, jobs_too_big).run({"data": data})
     with pytest.raises(ConfigError, match="mode"):
         tune.TunerConfig(metric="loss", mode="lowest")
     with pytest.raises(ConfigError, match="dataset_map"):
