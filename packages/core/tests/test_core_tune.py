@@ -23,7 +23,7 @@ import mlruntime
 from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
 from mlruntime.store import storage
-from mlruntime.testing import wait_for_idle_workers
+from mlruntime.testing import run_for_result, wait_for_idle_workers
 from mlruntime.tune import get_tuner_context
 from mlruntime.tune import tuner as tuner_module
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
@@ -373,12 +373,14 @@ DRIVER = textwrap.dedent(
         tune.Tuner(slow, {"x": list(range(6))}, config).run(data)
     else:
         path = os.path.join(os.environ["MLRUNTIME_HOME"], "tune", "restorable")
+        named = False
         try:  # the stored train_func; the datasets must come again
             tune.Tuner.restore(path).run()
         except ConfigError as exc:
-            print("NO DATA:", exc)
+            named = "['data']" in str(exc)
         result = tune.Tuner.restore(path).run(data)
-        print("RESULT", sorted(result.results["config/x"]), result.best_result["config/x"].tolist())
+        print("RESULT", sorted(result.results["config/x"]), result.best_result["config/x"].tolist(),
+              "missing data named:", named)
     """
 )
 
@@ -403,16 +405,8 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     driver.wait()
     started_before = {p.name.split("-")[1] for p in marks.iterdir()}
     assert 2 <= len(started_before) < 6
-    restore = subprocess.run(
-        [sys.executable, str(script), "restore", str(marks)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert restore.returncode == 0, restore.stderr[-3000:]
-    assert "NO DATA:" in restore.stdout and "['data']" in restore.stdout
-    assert "RESULT [0, 1, 2, 3, 4, 5] [0]" in restore.stdout, restore.stdout[-2000:]
+    result = run_for_result([sys.executable, str(script), "restore", str(marks)], env, 300)
+    assert result == "[0, 1, 2, 3, 4, 5] [0] missing data named: True"
     starts: dict[str, int] = {}
     for p in marks.iterdir():
         _, x, cpus, rows, *_ = p.name.split("-")
