@@ -21,15 +21,21 @@ def test_on_values(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     assert env_flag(NAME, default=True) is True
 
 
-@pytest.mark.parametrize("value", ["0", "false", "No", "OFF", "", "  "])
+@pytest.mark.parametrize("value", ["0", "false", "No", "OFF"])
 def test_off_values(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(NAME, value)
     assert env_flag(NAME) is False
     assert env_flag(NAME, default=True) is False
 
 
-def test_unset_gives_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(NAME, raising=False)
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_unset_or_empty_gives_the_default(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv(NAME, raising=False)
+    else:
+        monkeypatch.setenv(NAME, value)
     assert env_flag(NAME) is False
     assert env_flag(NAME, default=True) is True
 
@@ -53,7 +59,7 @@ def test_every_switch_reads_alike(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert progress.quiet() is True
     monkeypatch.setenv(warm.TOP_UP_ENV, "Off")
     assert warm.top_up_enabled() is False
-    monkeypatch.delenv(warm.TOP_UP_ENV)
+    monkeypatch.setenv(warm.TOP_UP_ENV, "")  # empty: the default (on), as before
     assert warm.top_up_enabled() is True
     monkeypatch.setenv(session.SNOWFLAKE_IDENTIFIERS_ENV, "true")
     with session.Session(str(tmp_path / "w.duckdb")) as warehouse:

@@ -60,6 +60,9 @@ def test_scale_cluster_on_the_embedded_ray(
         ({"expected_cluster_size": 1.5}, "whole number"),
         ({"expected_cluster_size": 2, "options": {"rollback_after": 5}}, "unknown"),
         ({"expected_cluster_size": 2, "options": {"rollback_after_seconds": -1}}, ">= 0"),
+        ({"expected_cluster_size": 2, "options": {"rollback_after_seconds": float("nan")}}, ">= 0"),
+        ({"expected_cluster_size": 2, "options": {"rollback_after_seconds": None}}, ">= 0"),
+        ({"expected_cluster_size": 2, "options": {"block_until_min_cluster_size": "2"}}, "whole"),
         ({"expected_cluster_size": 2, "options": {"block_until_min_cluster_size": 3}}, "between"),
     ]:
         with pytest.raises(ConfigError, match=match):
@@ -73,6 +76,10 @@ def test_scale_cluster_waits_for_nodes_to_join(caplog: pytest.LogCaptureFixture)
 
     from mlruntime.testing import simulated_cluster
 
+    mlruntime.shutdown()
+    assert mlruntime.scale_cluster(1) is True
+    assert mlruntime.scale_cluster(2) is False
+    assert not mlruntime.is_initialized()  # no Ray started for it: init's options stay free
     with simulated_cluster([(1, 0)]) as cluster:
         assert mlruntime.scale_cluster(2, is_async=True) is False  # not there yet, no wait
         answer: list[bool] = []
@@ -91,5 +98,5 @@ def test_scale_cluster_waits_for_nodes_to_join(caplog: pytest.LogCaptureFixture)
         assert mlruntime.scale_cluster(3, options={"block_until_min_cluster_size": 2}) is True
         with caplog.at_level("WARNING", logger="mlruntime.runtime.cluster"):
             assert mlruntime.scale_cluster(3, options={"rollback_after_seconds": 1}) is False
-            assert mlruntime.scale_cluster(1) is False  # mlruntime stops no node
+            assert mlruntime.scale_cluster(1) is True  # there, and more: no node stopped
         assert "ray start --address=" in caplog.text and "stops none" in caplog.text

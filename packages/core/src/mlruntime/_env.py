@@ -10,16 +10,16 @@ __all__ = ["env_flag"]
 logger = logging.getLogger(__name__)
 
 TRUE = frozenset({"1", "true", "yes", "on"})
-FALSE = frozenset({"", "0", "false", "no", "off"})
+FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def env_flag(name: str, default: bool = False) -> bool:
     """Read the on/off switch ``name`` from the environment.
 
-    ``1``, ``true``, ``yes`` and ``on`` turn it on; ``0``, ``false``, ``no``, ``off`` and an
-    empty value turn it off (any case, surrounding spaces ignored). An unset variable gives
-    ``default``; any other value gives ``default`` too, with a warning naming the variable
-    (switches are read inside workers, where an error would fail a job far from its cause).
+    ``1``, ``true``, ``yes`` and ``on`` turn it on; ``0``, ``false``, ``no`` and ``off`` turn it
+    off (any case, surrounding spaces ignored). An unset or empty variable gives ``default``;
+    any other value gives ``default`` too, with a warning naming the variable (switches are
+    read inside workers, where an error would fail a job far from its cause).
 
     Args:
         name: The variable's name.
@@ -29,9 +29,9 @@ def env_flag(name: str, default: bool = False) -> bool:
         Whether the switch is on.
     """
     raw = os.environ.get(name)
-    if raw is None:
+    value = "" if raw is None else raw.strip().lower()
+    if not value:
         return default
-    value = raw.strip().lower()
     if value in TRUE:
         return True
     if value in FALSE:

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlruntime._env import env_flag
 from mlruntime.errors import PluginError, PluginNotFoundError, PluginWarning
 from mlruntime.plugins.hookspecs import (
     HOOK_SPEC_TYPES,
@@ -288,7 +289,7 @@ class PluginRegistry:
         self._infos[info.name] = info
         where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
         detail = ""
-        if exc is not None and os.environ.get("MLRUNTIME_DEBUG"):
+        if exc is not None and env_flag("MLRUNTIME_DEBUG"):
             detail = "\n" + "".join(traceback.format_exception(exc))
         warnings.warn(
             f"mlruntime plugin {info.name!r}{where} skipped: {reason}{detail}",

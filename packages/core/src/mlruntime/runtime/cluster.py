@@ -316,15 +316,18 @@ def scale_cluster(
 
     - the cluster already has the size (or ``options["block_until_min_cluster_size"]``
       nodes): ``True``;
-    - the embedded Ray that ``mlruntime.init`` started is this machine alone and no node can
-      join it: a warning, and ``False`` at once (jobs run on this machine);
+    - the embedded Ray that ``mlruntime.init`` starts is this machine alone and no node can
+      join it: a warning, and ``False`` at once (jobs run on this machine). With no Ray
+      running and no cluster named (``MLRUNTIME_ADDRESS`` / ``RAY_ADDRESS``), none is started
+      here (a later ``mlruntime.init(...)`` keeps its options);
     - ``is_async``: whether the cluster has the size now, without waiting;
     - otherwise it waits up to ``options["rollback_after_seconds"]`` (default 120 s) for
       nodes to join, naming the head's address to start them with; ``False`` and a warning
       if they do not come (nothing is rolled back: no node was started by this call).
 
-    Asking for fewer nodes than the cluster has gives a warning and ``False`` (mlruntime
-    stops no node; jobs use every node unless their scaling config says otherwise).
+    Asking for fewer nodes than the cluster has gives a warning (mlruntime stops no node; jobs
+    use every node unless their scaling config says otherwise) and ``True``: the nodes asked
+    for are there.
 
     Args:
         expected_cluster_size: Nodes wanted, head included (``>= 1``).
@@ -337,8 +340,10 @@ def scale_cluster(
         Whether the cluster has (at least the minimum of) the nodes asked for.
 
     Raises:
-        ConfigError: For a size below 1, an unknown option, or a negative wait.
+        ConfigError: For a size below 1, an unknown option, or an option that is not a
+            number in range.
     """
+    import math
     import time
 
     del notebook_name  # Snowflake's notebook service; nothing to name here
@@ -354,16 +359,26 @@ def scale_cluster(
         raise ConfigError(
             f"unknown scale_cluster option(s) {unknown}; known: {list(SCALE_OPTIONS)}"
         )
-    enough = int(options.get("block_until_min_cluster_size", expected_cluster_size))
+    enough = options.get("block_until_min_cluster_size", expected_cluster_size)
+    if isinstance(enough, bool) or not isinstance(enough, int):
+        raise ConfigError(f"block_until_min_cluster_size must be a whole number, got {enough!r}")
     if not 1 <= enough <= expected_cluster_size:
         raise ConfigError(
             f"block_until_min_cluster_size must be between 1 and {expected_cluster_size}, "
             f"got {enough}"
         )
-    wait_s = float(options.get("rollback_after_seconds", SCALE_WAIT_S))
-    if wait_s < 0:
-        raise ConfigError(f"rollback_after_seconds must be >= 0, got {wait_s:g}")
-    have = len(get_nodes())
+    wait_s = options.get("rollback_after_seconds", SCALE_WAIT_S)
+    if (
+        isinstance(wait_s, bool)
+        or not isinstance(wait_s, (int, float))
+        or not math.isfinite(wait_s)
+        or wait_s < 0
+    ):
+        raise ConfigError(f"rollback_after_seconds must be a number >= 0, got {wait_s!r}")
+    if not is_initialized() and not (os.environ.get(ADDRESS_ENV) or os.environ.get("RAY_ADDRESS")):
+        have = 1  # the embedded Ray that init would start: this machine
+    else:
+        have = len(get_nodes())
     if have > expected_cluster_size:
         logger.warning(
             "scale_cluster(%d): the cluster has %d nodes and mlruntime stops none (run "
@@ -372,14 +387,14 @@ def scale_cluster(
             expected_cluster_size,
             have,
         )
-        return False
+        return True
     if have >= enough:
         return True
-    if started_locally():
+    if started_locally() or not is_initialized():
         logger.warning(
-            "scale_cluster(%d): this is the embedded Ray mlruntime started on this machine, "
-            "and no node can join it; jobs run on this one machine. For more nodes start a "
-            "cluster with `ray start --head` and connect to it (docs/cluster.md)",
+            "scale_cluster(%d): mlruntime's embedded Ray is this machine alone, and no node "
+            "can join it; jobs run on this one machine. For more nodes start a cluster with "
+            "`ray start --head` and connect to it (docs/cluster.md)",
             expected_cluster_size,
         )
         return False

@@ -5,8 +5,8 @@ hyper-parameters and the datasets, and ``report(metrics, model=None)`` reports (
 one Tune iteration, so schedulers such as ASHA can stop bad trials early). The datasets are
 staged once for all trials (frames and DuckDB tables into the object store or Parquet on the
 storage; files stay where they are). Results live under the storage (``<storage>/tune/``), so
-``Tuner.restore(path, train_func)`` finishes a run whose driver died without re-running
-finished trials.
+``Tuner.restore(path)`` finishes a run whose driver died without re-running finished
+trials.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ SETTINGS_FILE = "mlruntime_tuner.json"
 
 TRAIN_FUNC_FILE = "mlruntime_train_func.pkl"
 """The run's ``train_func`` (cloudpickled), so ``Tuner.restore(path)`` needs no function."""
+
+TRAIN_FUNC_MAX_BYTES = 16 * 1024 * 1024
+"""A ``train_func`` pickle larger than this (it holds data the function captured) is not
+stored with the run: ``Tuner.restore`` then needs the function passed."""
 
 
 @dataclass
@@ -400,13 +404,18 @@ class Tuner:
             raise ConfigError(f"no tuning run to restore at {path!r}")
         if train_func is None:
             try:
-                train_func = cloudpickle.loads(
-                    storage.read_bytes(storage.join(path, TRAIN_FUNC_FILE))
-                )
+                pickled = storage.read_bytes(storage.join(path, TRAIN_FUNC_FILE))
             except FileNotFoundError as exc:
                 raise ConfigError(
                     f"the run at {path!r} stored no train_func: pass it, "
                     "Tuner.restore(path, train_func)"
+                ) from exc
+            try:
+                train_func = cloudpickle.loads(pickled)
+            except Exception as exc:  # a module not importable here, another Python ...
+                raise ConfigError(
+                    f"the train_func stored with the run at {path!r} does not load here "
+                    f"({type(exc).__name__}: {exc}): pass it, Tuner.restore(path, train_func)"
                 ) from exc
         try:
             saved = json.loads(storage.read_bytes(storage.join(path, SETTINGS_FILE)))
@@ -469,7 +478,7 @@ class Tuner:
         pickled_func = _check_callable(self.train_func)
         datasets = _check_dataset_map(dataset_map)
         saved = self._saved  # a restored run's settings: what it was started with
-        missing = sorted(set(saved.get("datasets", ())) - set(datasets))
+        missing = sorted(set(saved.get("datasets", ())) - {str(name) for name in datasets})
         if missing:
             raise ConfigError(
                 f"the restored run read the dataset(s) {missing} from its dataset_map: pass "
@@ -539,14 +548,22 @@ class Tuner:
                     "held": held,
                     "resource_per_trial": config.resource_per_trial,
                     "max_concurrent_trials": config.max_concurrent_trials,
-                    "datasets": sorted(datasets),
+                    "datasets": sorted(str(name) for name in datasets),
                 }
-                storage.write_bytes(
-                    storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
-                )
-                storage.write_bytes(storage.join(path, TRAIN_FUNC_FILE), pickled_func)
+                with storage.private_files(path):  # the function's pickle holds what it captured
+                    storage.write_bytes(
+                        storage.join(path, SETTINGS_FILE), json.dumps(settings).encode()
+                    )
+                    if len(pickled_func) <= TRAIN_FUNC_MAX_BYTES:
+                        storage.write_bytes(storage.join(path, TRAIN_FUNC_FILE), pickled_func)
+                    else:
+                        logger.warning(
+                            "train_func pickles to %d MB (data it captured): not stored with "
+                            "the run, so Tuner.restore(path, train_func) needs it passed",
+                            len(pickled_func) // 2**20,
+                        )
             if config.verbose:
-                print(f"tuning: results in {path} (Tuner.restore(path, train_func) resumes)")
+                print(f"tuning: results in {path} (Tuner.restore(path) resumes)")
             with storage.private_files(root), _without_tensorboard(), _on_idle_workers():
                 try:
                     grid = tuner.fit()
@@ -933,6 +950,19 @@ class _ProgressLine:
                 self.done += 1
                 self.failed += 1
                 self.show()
+
+            def get_state(self) -> dict[str, Any]:
+                # kept in Tune's snapshots: a restored run counts on from where it stopped
+                return {
+                    "done": self.done,
+                    "failed": self.failed,
+                    "best": self.best,
+                }
+
+            def set_state(self, state: dict[str, Any]) -> None:
+                self.done = int(state.get("done", 0))
+                self.failed = int(state.get("failed", 0))
+                self.best = state.get("best")
 
             def show(self) -> None:
                 best = "n/a" if self.best is None else f"{self.best:.6g}"
