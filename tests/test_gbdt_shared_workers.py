@@ -111,3 +111,62 @@ def test_workers_import_the_framework_without_its_scikit_learn_api(
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(keep), "3", "0.0"]
+
+
+_LOAD_IN_A_WORKER = """
+import pickle, sys
+
+from mlruntime.train.gbdt_worker import import_framework
+
+spec = pickle.loads(bytes.fromhex(sys.argv[1]))  # as Ray unpickles the job's arguments
+print("{framework}" in sys.modules)
+import_framework("{framework}")  # what run_trainer does first
+callbacks = spec["callbacks"].load()
+print("sklearn" in sys.modules, type(callbacks[0]).__name__, spec["params"])
+"""
+
+
+CALLBACKS = {
+    "xgboost": lambda xgb: xgb.callback.EarlyStopping(rounds=3),
+    "lightgbm": lambda lgb: lgb.early_stopping(3),
+}
+
+
+@pytest.mark.parametrize("framework", sorted(CALLBACKS))
+def test_callbacks_are_unpickled_after_the_framework_import(framework: str) -> None:
+    """A job's callbacks (framework objects) would import the framework, and scikit-learn
+    with it, while Ray unpickles the job: they travel pickled and load after the import."""
+    import importlib
+
+    import ray.cloudpickle as cloudpickle
+
+    from mlruntime.train.gbdt_worker import Deferred, defer_framework_values
+
+    spec = {
+        "callbacks": [CALLBACKS[framework](importlib.import_module(framework))],
+        "params": {"eta": 0.1},
+        "features": ["a"],
+        "rounds": 3,
+    }
+    sent = defer_framework_values(spec, framework)
+    assert isinstance(sent["callbacks"], Deferred)
+    assert {k: v for k, v in sent.items() if k != "callbacks"} == {
+        k: v for k, v in spec.items() if k != "callbacks"
+    }
+    assert defer_framework_values(spec, None) is spec
+    env = {k: v for k, v in os.environ.items() if k != "MLRUNTIME_GBDT_SKLEARN"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD_IN_A_WORKER.format(framework=framework),
+            cloudpickle.dumps(sent).hex(),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    name = type(spec["callbacks"][0]).__name__
+    assert run.stdout.split("\n")[:2] == ["False", f"False {name} {{'eta': 0.1}}"]

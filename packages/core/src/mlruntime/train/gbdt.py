@@ -25,7 +25,12 @@ from mlruntime.errors import ConfigError, DataError, MLRuntimeError, WorkerError
 from mlruntime.runtime.distributor import Backend, Distributor, Result
 from mlruntime.runtime.scaling import FailureConfig, ScalingConfig, WorkerResourceConfig
 from mlruntime.train.features import as_connector, check_training_columns
-from mlruntime.train.gbdt_worker import EvalHistory, GBDTTrainer, run_trainer
+from mlruntime.train.gbdt_worker import (
+    EvalHistory,
+    GBDTTrainer,
+    defer_framework_values,
+    run_trainer,
+)
 from mlruntime.train.inference import BatchPredictor, score_to_sink
 
 __all__ = ["GBDTBackend", "GBDTEstimator", "GBDTScalingConfig"]
@@ -272,7 +277,9 @@ class GBDTEstimator:
             datasets["eval"] = (
                 ShardedDataConnector(evals, equal=False) if self.shard_eval else evals
             )
-        result = self._run(distributor, partial(run_trainer, self._trainer(), spec), datasets)
+        trainer = self._trainer()
+        sent = defer_framework_values(spec, getattr(trainer, "framework_module", None))
+        result = self._run(distributor, partial(run_trainer, trainer, sent), datasets)
         out = result.return_values[0]
         booster = self._trainer().load(out["model"])
         self._finish_fit(booster, out, spec)

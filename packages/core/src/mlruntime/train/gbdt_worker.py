@@ -28,11 +28,13 @@ from mlruntime.train.features import PeakMemory, count_nulls, null_label_error
 
 __all__ = [
     "SKLEARN_ENV",
+    "Deferred",
     "EvalHistory",
     "GBDTTrainer",
     "ResumeState",
     "RoundReporter",
     "check_labels",
+    "defer_framework_values",
     "import_framework",
     "merge_evals",
     "run_trainer",
@@ -278,6 +280,60 @@ def _legacy_errors(trainer: GBDTTrainer) -> tuple[type[BaseException], ...]:
     return tuple(getattr(trainer, "framework_error", ()))
 
 
+class Deferred:
+    """A value pickled on the driver and unpickled in the worker only once its framework is
+    imported (:func:`defer_framework_values`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Any:
+        """The value, unpickled."""
+        import ray.cloudpickle as cloudpickle
+
+        return cloudpickle.loads(self.data)
+
+
+def _mentions_module(data: bytes, module: str) -> bool:
+    """Whether the pickle ``data`` names ``module`` or one of its submodules (a class, a
+    function or a module of it, which unpickling imports)."""
+    import pickletools
+
+    prefix = module + "."
+    for _op, arg, _pos in pickletools.genops(data):
+        if isinstance(arg, str):
+            name = arg.split(" ", 1)[0]  # GLOBAL's "module name"; otherwise the whole string
+            if name == module or name.startswith(prefix):
+                return True
+    return False
+
+
+def defer_framework_values(spec: dict[str, Any], module: str | None) -> dict[str, Any]:
+    """``spec`` with every value whose unpickling would import ``module`` (XGBoost callbacks,
+    a custom objective using ``xgboost``) replaced by a :class:`Deferred`.
+
+    Ray unpickles a job's arguments before the job runs, so such a value imported the
+    framework, with its scikit-learn API, before :func:`import_framework` could hide it (0.5 s
+    of a new worker's first fit); :func:`run_trainer` loads them once the framework is in.
+
+    Args:
+        spec: The job's settings (values must pickle, as they are sent to the workers).
+        module: The framework's module name (``None``: nothing deferred).
+    """
+    if not module:
+        return spec
+    import ray.cloudpickle as cloudpickle
+
+    out = dict(spec)
+    for key, value in spec.items():
+        if value is None or isinstance(value, (str, int, float, bool)):
+            continue
+        data = cloudpickle.dumps(value)
+        if _mentions_module(data, module):
+            out[key] = Deferred(data)
+    return out
+
+
 def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
     """Runs on every rank: start reading the shard (while the framework loads), build the
     matrices, resume, boost; rank 0 returns the model.
@@ -291,6 +347,8 @@ def run_trainer(trainer: GBDTTrainer, spec: dict[str, Any]) -> dict[str, Any]:
         module = getattr(trainer, "framework_module", None)  # trainers written before it lack it
         if module:
             import_framework(module)
+        # values that needed the framework to unpickle (callbacks ...), now it is imported
+        spec = {k: v.load() if isinstance(v, Deferred) else v for k, v in spec.items()}
         check_labels(ctx, spec["label"])
         params = trainer.params(ctx, spec)
         # Joining the framework's collective is outside the "invalid parameters" translation:
