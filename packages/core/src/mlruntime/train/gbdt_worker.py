@@ -328,7 +328,10 @@ def defer_framework_values(spec: dict[str, Any], module: str | None) -> dict[str
     for key, value in spec.items():
         if value is None or isinstance(value, (str, int, float, bool)):
             continue
-        data = cloudpickle.dumps(value)
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception:  # sent as it is: the distributor names what cannot be sent
+            continue
         if _mentions_module(data, module):
             out[key] = Deferred(data)
     return out
