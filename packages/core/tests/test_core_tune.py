@@ -151,6 +151,26 @@ def fail_on_three() -> None:
     ctx.report({"loss": float(ctx.get_hyper_params()["x"])})
 
 
+def test_restore_reads_the_runs_settings_and_warns_for_older_runs(
+    ray_cluster: None, data: DataConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    config = quiet(resource_per_trial={"CPU": 1}, max_concurrent_trials=1)
+    path = tune.Tuner(quadratic, {"x": [1]}, config).run({"data": data}).path
+    restored = tune.Tuner.restore(path)  # train_func from the run
+    assert restored.train_func.__name__ == "quadratic"
+    assert restored.config.resource_per_trial == {"CPU": 1}
+    assert restored.config.max_concurrent_trials == 1
+    settings = Path(path, tuner_module.SETTINGS_FILE)
+    old = json.loads(settings.read_text())
+    del old["resource_per_trial"], old["max_concurrent_trials"]  # as runs were written before
+    settings.write_text(json.dumps(old))
+    with caplog.at_level("WARNING", logger="mlruntime.tune.tuner"):
+        assert tune.Tuner.restore(path).config.resource_per_trial is None
+    assert "before runs stored their trials' resources" in caplog.text
+
+
 def report_without_the_metric(folder: str) -> None:
     Path(folder, f"{os.getpid()}-{time.time()}").touch()  # one file per trial started
     get_tuner_context().report({"los": 1.0})

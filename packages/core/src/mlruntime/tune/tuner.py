@@ -428,6 +428,14 @@ class Tuner:
                 raise
             saved = {}
         if tuner_config is None:
+            if "resource_per_trial" not in saved:
+                logger.warning(
+                    "the run at %s was written before runs stored their trials' resources: "
+                    "the trials made after the restore reserve the default (1 CPU); pass "
+                    "Tuner.restore(path, tuner_config=TunerConfig(..., resource_per_trial=...)) "
+                    "to keep what the run used",
+                    path,
+                )
             tuner_config = TunerConfig(
                 metric=saved["metric"],
                 mode=saved["mode"],
