@@ -175,7 +175,7 @@ def init(
             if is_driver():  # a Ray the user started: the top-ups work there too
                 resume_top_ups()
             return
-        local = address is None and not os.environ.get("RAY_ADDRESS")
+        local = _starts_embedded(address)
         if preload and not local:
             raise ConfigError(
                 "preload applies to the Ray mlruntime starts; a cluster's nodes preload "
@@ -227,6 +227,12 @@ def init(
             resume_top_ups()
             if local:  # this job's own idle workers (ray_system_config: not Ray's first ones)
                 top_up_idle_workers()
+
+
+def _starts_embedded(address: str | None) -> bool:
+    """Whether :func:`init` (not yet connected) starts the embedded Ray: no cluster is named
+    by ``address``, ``MLRUNTIME_ADDRESS`` or ``RAY_ADDRESS``."""
+    return not (address or os.environ.get(ADDRESS_ENV) or os.environ.get("RAY_ADDRESS"))
 
 
 def started_locally() -> bool:
@@ -375,10 +381,9 @@ def scale_cluster(
         or wait_s < 0
     ):
         raise ConfigError(f"rollback_after_seconds must be a number >= 0, got {wait_s!r}")
-    if not is_initialized() and not (os.environ.get(ADDRESS_ENV) or os.environ.get("RAY_ADDRESS")):
-        have = 1  # the embedded Ray that init would start: this machine
-    else:
-        have = len(get_nodes())
+    # no Ray yet, and init would start the embedded one: this machine (none is started here)
+    unstarted = not is_initialized() and _starts_embedded(None)
+    have = 1 if unstarted else len(get_nodes())
     if have > expected_cluster_size:
         logger.warning(
             "scale_cluster(%d): the cluster has %d nodes and mlruntime stops none (run "
@@ -390,7 +395,7 @@ def scale_cluster(
         return True
     if have >= enough:
         return True
-    if started_locally() or not is_initialized():
+    if unstarted or started_locally():
         logger.warning(
             "scale_cluster(%d): mlruntime's embedded Ray is this machine alone, and no node "
             "can join it; jobs run on this one machine. For more nodes start a cluster with "

@@ -281,7 +281,7 @@ class GBDTEstimator:
         sent = defer_framework_values(spec, getattr(trainer, "framework_module", None))
         result = self._run(distributor, partial(run_trainer, trainer, sent), datasets)
         out = result.return_values[0]
-        booster = self._trainer().load(out["model"])
+        booster = trainer.load(out["model"])
         self._finish_fit(booster, out, spec)
         self._booster, self._evals_result = booster, out["evals_result"]
         self._features = features

@@ -537,7 +537,7 @@ class Tuner:
                 held=held,
                 metric=config.metric,
                 # Ray Tune's own switch, read where the run starts (trials run elsewhere)
-                require_metric=not _env_flag(STRICT_METRIC_ENV),
+                require_metric=not _ray_env_flag(STRICT_METRIC_ENV),
             )
             trainable = tune.with_parameters(_trial, job=job)
             trainable = tune.with_resources(trainable, resources)
@@ -759,11 +759,9 @@ def _plan_resources(config: TunerConfig, nodes: list[Any]) -> tuple[dict[str, fl
     concurrency = int(max(1, min(fits))) if fits else max(1, int(total_cpu))
     if config.max_concurrent_trials is not None:
         concurrency = min(concurrency, config.max_concurrent_trials)
-    if config.uses_snowflake_trainer:
-        # The trial process only drives its job: it reserves nothing the job's workers need
-        # (Tune needs some reservation: one byte of memory).
-        return {"cpu": 0.0, "memory": 1.0}, concurrency
-    if cpu == 0 and gpu == 0:  # Tune needs some reservation (as above)
+    if config.uses_snowflake_trainer or (cpu == 0 and gpu == 0):
+        # The trial process only drives its job (it reserves nothing the job's workers need),
+        # or was asked to reserve nothing; Tune needs some reservation: one byte of memory.
         return {"cpu": 0.0, "memory": 1.0}, concurrency
     return {"cpu": cpu, "gpu": gpu}, concurrency
 
@@ -904,8 +902,9 @@ def _report_error(error: BaseException | None) -> ReportError | None:
     return None
 
 
-def _env_flag(name: str) -> bool:
-    """Whether the environment variable ``name`` is ``1``, read as Ray Tune reads its own."""
+def _ray_env_flag(name: str) -> bool:
+    """Whether Ray Tune's environment variable ``name`` is ``1``, read as Ray Tune reads its
+    own (not :func:`mlruntime._env.env_flag`: Tune takes ``true`` as off)."""
     try:
         return int(os.environ.get(name, "0")) == 1
     except ValueError:
