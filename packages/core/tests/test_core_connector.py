@@ -27,13 +27,15 @@ def test_to_pandas_all_and_limit(parquet_dir: Path) -> None:
 
 
 def test_in_memory_tables_convert_without_a_reader_thread(
-    monkeypatch: pytest.MonkeyPatch, parquet_dir: Path
+    monkeypatch: pytest.MonkeyPatch, parquet_dir: Path, tmp_path: Path
 ) -> None:
     """Slices of a table in memory are converted in the caller's thread (a many-model task
-    converts thousands of small partitions; a reader thread each cost more than the copy)."""
+    converts thousands of small partitions; a reader thread each cost more than the copy), and
+    so is a connector of one piece (nothing to read ahead of: a tuning trial's staged frame)."""
     import threading
 
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     started: list[str] = []
     real_start = threading.Thread.start
@@ -51,6 +53,12 @@ def test_in_memory_tables_convert_without_a_reader_thread(
     assert np.isnan(df["k"][1]) and df["k"][2] == 3
     DataConnector.from_sources(parquet_dir).to_pandas()  # files are still read ahead
     assert started
+    started.clear()
+    pq.write_table(sample_table(0, 100), tmp_path / "one.parquet")
+    one = DataConnector.from_sources(tmp_path / "one.parquet")
+    assert len(one.pieces()) == 1
+    assert one.to_pandas()["id"].tolist() == list(range(100))
+    assert "mlruntime-prefetch" not in started  # (the file's reader may use a pool of its own)
 
 
 def test_batches_have_exact_size_and_span_file_boundaries(parquet_dir: Path) -> None:
