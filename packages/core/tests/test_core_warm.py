@@ -122,6 +122,15 @@ _SCRIPT = textwrap.dedent(
         out["cluster_refused"] = str(exc)
     mlruntime.init(num_cpus=2, preload=["warm_probe"])
     import ray
+    from ray._private.worker import global_worker
+
+    def serialization_ready():
+        return global_worker.current_job_id in global_worker.serialization_context_map
+
+    deadline = time.monotonic() + 10  # built in the background, nothing put yet
+    while not serialization_ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["serialization_ready"] = serialization_ready()
 
     def probe():
         import warm_probe
@@ -170,6 +179,8 @@ def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
     out = json.loads(run_for_result([sys.executable, str(script)], env, 220))
 
     assert "ray start" in out["cluster_refused"]  # preload is for the Ray mlruntime starts
+    # the driver's serialization context is built after init, before the first job needs it
+    assert out["serialization_ready"]
     # init leaves one idle worker per CPU for this job, and a spare; a 2-worker placement
     # group's actors start on them (its job state on the spare), and the module was imported
     # there before the job was even asked for

@@ -22,6 +22,7 @@ from mlruntime.runtime.warm import (
     resume_top_ups,
     stop_top_ups,
     top_up_idle_workers,
+    warm_serialization,
 )
 
 __all__ = [
@@ -225,6 +226,7 @@ def init(
         _preloaded = modules
         if is_driver():
             resume_top_ups()
+            warm_serialization()
             if local:  # this job's own idle workers (ray_system_config: not Ray's first ones)
                 top_up_idle_workers()
 
