@@ -105,6 +105,78 @@ def test_asha_stops_bad_trials_early(ray_cluster: None) -> None:
     assert min(reported.values()) < 20 and sum(reported.values()) < 6 * 20
 
 
+def report_twice_then_fail_on_two() -> None:
+    ctx = get_tuner_context()
+    x = ctx.get_hyper_params()["x"]
+    ctx.report({"loss": 10.0 * x, "round": 1})
+    ctx.report({"loss": float(x), "round": 2}, model={"x": x})
+    if x == 2:
+        raise ValueError("after two reports")
+
+
+def count_train_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the trials Ray Tune asks for a result, once per ask (the driver's side)."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    calls: list[str] = []
+    original = TuneController._schedule_trial_train
+
+    def counted(self: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(trial.trial_id)
+        return original(self, trial, *args, **kwargs)
+
+    monkeypatch.setattr(TuneController, "_schedule_trial_train", counted)
+    return calls
+
+
+def test_without_a_scheduler_a_trials_last_report_ends_it(
+    ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last report ends the trial (one ask per report, none for the function's end); a
+    trial that fails after reporting keeps its last report; with a scheduler each report goes
+    at once (the function's end is one more ask)."""
+    calls = count_train_calls(monkeypatch)
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    result = tune.Tuner(report_twice_then_fail_on_two, {"x": [1, 2]}, config).run()
+    frame = result.results.set_index("config/x")
+    assert frame["status"].to_dict() == {1: "TERMINATED", 2: "ERROR"}
+    assert frame["round"].to_dict() == {1: 2, 2: 2}
+    assert frame["training_iteration"].to_dict() == {1: 2, 2: 2}
+    assert result.best_model == {"x": 1}
+    asks = {x: calls.count(trial) for x, trial in frame["trial_id"].items()}
+    assert asks == {1: 2, 2: 3}  # the failed trial: its two reports, then its error
+
+    calls.clear()
+    config = quiet(search_alg=GridSearch(), scheduler="asha", max_rounds=20)
+    result = tune.Tuner(report_twice_then_fail_on_two, {"x": [1]}, config).run()
+    assert result.results["round"].tolist() == [2] and result.best_model == {"x": 1}
+    assert calls.count(result.results["trial_id"][0]) == 3
+
+
+def test_tune_reads_its_trainable_from_the_cluster_store_once_per_run(
+    ray_cluster: None, data: DataConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Tune reads the trainable back from the cluster's key-value store three times per
+    trial it makes; during a run those reads are memoized, and Tune's registry is as it was
+    after."""
+    from ray.tune import registry
+
+    reads: list[bytes] = []
+    original = registry._internal_kv_get
+
+    def counted(key: bytes, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return original(key, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "_internal_kv_get", counted)
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    frame = tune.Tuner(quadratic, {"x": [1, 2, 3, 4, 5, 6]}, config).run({"data": data}).results
+    assert len(frame) == 6 and set(frame["status"]) == {"TERMINATED"}
+    assert 0 < len(reads) <= 3, reads  # 18 or more, read per trial
+    memo = {"get", "contains", "register", "unregister"} & set(vars(registry._global_registry))
+    assert not memo
+
+
 def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnector) -> None:
     too_big = quiet(resource_per_trial={"CPU": 64})
     with pytest.raises(ResourceError, match="largest node"):
@@ -164,6 +236,7 @@ def test_restore_reads_the_runs_settings_and_warns_for_older_runs(
     assert restored.config.max_concurrent_trials == 1
     settings = Path(path, tuner_module.SETTINGS_FILE)
     old = json.loads(settings.read_text())
+    assert old["hold_reports"] is True  # no scheduler: a restored run holds reports too
     del old["resource_per_trial"], old["max_concurrent_trials"]  # as runs were written before
     settings.write_text(json.dumps(old))
     with caplog.at_level("WARNING", logger="mlruntime.tune.tuner"):
@@ -468,10 +541,10 @@ def test_a_reported_booster_is_stored_in_xgboosts_format(ray_cluster: None) -> N
     stored = sorted(p.name for p in Path(result.path).rglob("*") if p.name.startswith("model"))
     assert stored == ["model.ubj", "model.ubj"], stored  # one per trial
     assert any(Path(result.path).rglob(DESCRIPTION_FILE))
-    # Tune's JSON/CSV results are kept; its TensorBoard logger (tensorboardX -> torch, 3 s of
-    # the driver's start) is not added
+    # Tune's JSON results are kept; not its CSV copy of them (written in the driver between
+    # trials), nor its TensorBoard logger (tensorboardX -> torch, 3 s of the driver's start)
     assert len(list(Path(result.path).rglob("result.json"))) == 2
-    assert len(list(Path(result.path).rglob("progress.csv"))) == 2
+    assert not list(Path(result.path).rglob("progress.csv"))
     assert not list(Path(result.path).rglob("events.out.tfevents*"))
 
 
