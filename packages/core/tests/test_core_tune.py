@@ -108,8 +108,9 @@ def test_asha_stops_bad_trials_early(ray_cluster: None) -> None:
 def report_twice_then_fail_on_two() -> None:
     ctx = get_tuner_context()
     x = ctx.get_hyper_params()["x"]
-    ctx.report({"loss": 10.0 * x, "round": 1})
-    ctx.report({"loss": float(x), "round": 2}, model={"x": x})
+    ctx.report({"loss": 10.0 * x, "round": 1}, model={"x": x})
+    time.sleep(0.3)  # the second round
+    ctx.report({"loss": float(x), "round": 2})
     if x == 2:
         raise ValueError("after two reports")
 
@@ -142,6 +143,8 @@ def test_without_a_scheduler_a_trials_last_report_ends_it(
     assert frame["status"].to_dict() == {1: "TERMINATED", 2: "ERROR"}
     assert frame["round"].to_dict() == {1: 2, 2: 2}
     assert frame["training_iteration"].to_dict() == {1: 2, 2: 2}
+    # a held report carries its own round's time (Tune's own would be the next round's)
+    assert (frame["time_this_iter_s"] >= 0.3).all(), frame["time_this_iter_s"]
     assert result.best_model == {"x": 1}
     asks = {x: calls.count(trial) for x, trial in frame["trial_id"].items()}
     assert asks == {1: 2, 2: 3}  # the failed trial: its two reports, then its error

@@ -22,6 +22,7 @@ from mlruntime.runtime.warm import (
     resume_top_ups,
     stop_top_ups,
     top_up_idle_workers,
+    wait_for_warm_serialization,
     warm_serialization,
 )
 
@@ -259,6 +260,7 @@ def shutdown() -> None:
         if "mlruntime.runtime.distributor" in sys.modules:
             sys.modules["mlruntime.runtime.distributor"].release_idle_groups(top_up=False)
         stop_top_ups()
+        wait_for_warm_serialization()
         if is_initialized():
             import ray
 

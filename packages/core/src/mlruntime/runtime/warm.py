@@ -49,6 +49,7 @@ __all__ = [
     "stop_top_ups",
     "top_up_enabled",
     "top_up_idle_workers",
+    "wait_for_warm_serialization",
     "warm_serialization",
 ]
 
@@ -188,6 +189,7 @@ _top_up_lock = threading.Lock()
 _top_up_thread: threading.Thread | None = None
 _stopped = threading.Event()  # set by stop_top_ups: no pass starts, asks or waits
 _stopped.set()  # until resume_top_ups (init, once connected)
+_serialization_thread: threading.Thread | None = None
 _pending_nodes: set[str] = set()  # asked for while a pass runs ("*": every node)
 _pending_ended: set[bytes] = set()
 _atexit_registered = False
@@ -205,17 +207,18 @@ def is_driver() -> bool:
 
 def warm_serialization() -> threading.Thread:
     """Build this driver's Ray serialization context in the background (``init`` calls it
-    once connected, from a driver).
+    once connected, from a driver; :func:`wait_for_warm_serialization` before Ray shuts down).
 
     Ray builds it at a session's first ``ray.put`` or task argument, importing pydantic and
     registering serializers for it: the first ``ray.put`` after ``init`` took 40-110 ms here,
     later ones 1 ms (measured), and the first job of a session (its datasets staged, its
-    actors' arguments) waited for it. Best effort: a failure (Ray shut down meanwhile) only
-    leaves the work to the first job.
+    actors' arguments) waited for it. Best effort: a failure only leaves the work to the
+    first job.
 
     Returns:
-        The thread doing it (daemon).
+        The thread doing it (daemon); the running one if a build is under way.
     """
+    global _serialization_thread
 
     def build() -> None:
         try:
@@ -225,9 +228,25 @@ def warm_serialization() -> threading.Thread:
         except Exception as exc:  # best effort: the first job builds it instead
             logger.debug("warming the serialization context skipped: %s", exc)
 
-    thread = threading.Thread(target=build, name="mlruntime-warm-serialization", daemon=True)
-    thread.start()
+    with _top_up_lock:
+        thread = _serialization_thread
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(
+                target=build, name="mlruntime-warm-serialization", daemon=True
+            )
+            thread.start()
+            _serialization_thread = thread
     return thread
+
+
+def wait_for_warm_serialization(timeout: float = 5.0) -> None:
+    """Wait (up to ``timeout`` s) for a build started by :func:`warm_serialization` to end:
+    ``shutdown`` calls it first, so the build does not run on, or leave a context behind, in
+    a session that is ending."""
+    with _top_up_lock:
+        thread = _serialization_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 def top_up_enabled() -> bool:

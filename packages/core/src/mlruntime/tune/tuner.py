@@ -132,6 +132,8 @@ class TunerContext:
         self._require_metric = require_metric
         self._hold_reports = hold_reports
         self._held: tuple[dict[str, Any], str | None] | None = None
+        self._round_start = time.time()
+        self._stopped = False  # Tune stopped the trial in one of its reports (SystemExit)
         self.reports = 0
 
     def get_hyper_params(self) -> dict[str, Any]:
@@ -154,7 +156,8 @@ class TunerContext:
         Without a scheduler (``TunerConfig.scheduler=None``) a report reaches Tune with the
         trial's next one, or when ``train_func`` returns: the last then ends the trial at once
         (Tune would otherwise wait for the function's end in one more exchange with the
-        trial). With a scheduler every report goes at once, so it can stop the trial there.
+        trial), unless it carries a model. Such a report carries its own round's time. With a
+        scheduler every report goes at once, so it can stop the trial there.
 
         Raises:
             ConfigError: If ``metrics`` is not a dict, or lacks the run's metric or holds it as
@@ -183,9 +186,15 @@ class TunerContext:
             metrics = copy.deepcopy(metrics)
         except Exception:  # an object that cannot be copied goes as it is
             pass
+        # Tune times a round from its call for the result to the report; a held report
+        # carries its own round's time (Tune's keys, unless the code set them)
+        now = time.time()
+        metrics.setdefault("time_this_iter_s", now - self._round_start)
+        metrics.setdefault("timestamp", int(now))
         held, self._held = self._held, (metrics, folder)
         if held is not None:
             self._send(*held)
+        self._round_start = time.time()
 
     def _send(self, metrics: dict[str, Any], folder: str | None, done: bool = False) -> None:
         """Report to Tune (``done``: the trial's last report, which ends it); the model's
@@ -199,16 +208,22 @@ class TunerContext:
                 tune.report(metrics)
             else:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        except SystemExit:
+            self._stopped = True
+            raise
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _flush(self, done: bool) -> None:
         """Send the held report, if any: ``done`` when ``train_func`` returned (Tune stops the
-        trial at it, raising ``SystemExit`` here as it does in a report it stops)."""
+        trial at it, raising ``SystemExit`` here as it does in a report it stops). A report
+        carrying a model is sent without ``done``: its folder is removed when Tune lets the
+        report return, which a trial Tune stopped, and whose process it may end at once,
+        might not get to."""
         held, self._held = self._held, None
         if held is not None:
-            self._send(*held, done=done)
+            self._send(*held, done=done and held[1] is None)
 
     def _discard(self) -> None:
         """Drop a held report that will not be sent (the trial was stopped or failed)."""
@@ -340,6 +355,7 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
         config, job.datasets, job.metric, job.require_metric, job.hold_reports
     )
     reused = False  # whether Tune runs its next trial in this process
+    released = False
     hold: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if job.held:
         from mlruntime.runtime.scaling import resources_held_elsewhere
@@ -349,11 +365,15 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
         try:
             with hold:
                 job.train_func()
-        except SystemExit:
+        except BaseException:
+            if not context._stopped:  # not Tune stopping it: the last report, recorded
+                context._flush(done=False)
             raise
-        except Exception:
-            context._flush(done=False)  # the last report before the failure, recorded
-            raise
+        # Released before Tune hears that the trial ended: Tune then reuses this process at
+        # once, or ends it.
+        _context = None
+        _release_groups(keep=job.keep_groups)
+        released = True
         context._flush(done=True)  # Tune stops the trial at it (SystemExit)
         reused = True
     except SystemExit:  # Tune stopping the trial (done, or a scheduler): the actor is reused
@@ -362,19 +382,24 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
     finally:
         context._discard()
         _context = None
-        # A trial that ran no job never imported the distributor (importing it here would
-        # cost the trial's process 50 ms and 50 MB for nothing).
-        distributor = sys.modules.get("mlruntime.runtime.distributor")
-        if distributor is not None:
-            try:  # the driver tops the pool up after the run
-                distributor.release_idle_groups(
-                    top_up=False,
-                    # kept: one-worker groups, which end with this process; never a placement
-                    # group, which would outlive it (until the driver exits)
-                    placement_groups_only=job.keep_groups and reused,
-                )
-            except Exception:  # best effort: the next trial's job makes room itself
-                logger.debug("releasing the trial's idle worker groups failed", exc_info=True)
+        if not released:
+            _release_groups(keep=job.keep_groups and reused)
+
+
+def _release_groups(keep: bool) -> None:
+    """Release the warm worker groups this trial's jobs kept; with ``keep``, one-worker groups
+    stay (they end with this process; a placement group would outlive it, until the driver
+    exits). The driver tops the pool up after the run. Best effort: the next trial's job makes
+    room itself."""
+    # A trial that ran no job never imported the distributor (importing it here would cost
+    # the trial's process 50 ms and 50 MB for nothing).
+    distributor = sys.modules.get("mlruntime.runtime.distributor")
+    if distributor is None:
+        return
+    try:
+        distributor.release_idle_groups(top_up=False, placement_groups_only=keep)
+    except Exception:
+        logger.debug("releasing the trial's idle worker groups failed", exc_info=True)
 
 
 @dataclass
