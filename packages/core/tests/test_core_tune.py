@@ -180,6 +180,30 @@ def test_tune_reads_its_trainable_from_the_cluster_store_once_per_run(
     assert not memo
 
 
+def test_the_registry_memo_forgets_on_registration_and_ends_with_its_block() -> None:
+    from ray.tune.registry import TRAINABLE_CLASS, _global_registry
+
+    methods = {"get", "contains", "register", "unregister"}
+    seen: list[Any] = []
+
+    def read_register_read_fail() -> None:
+        with tuner_module._registry_reads_memoized():
+            assert methods <= set(vars(_global_registry))
+            seen.append(_global_registry.get(TRAINABLE_CLASS, "mlruntime_memo_probe"))
+            _global_registry.register(TRAINABLE_CLASS, "mlruntime_memo_probe", 2)
+            seen.append(_global_registry.get(TRAINABLE_CLASS, "mlruntime_memo_probe"))
+            raise RuntimeError("inside")
+
+    _global_registry.register(TRAINABLE_CLASS, "mlruntime_memo_probe", 1)
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            read_register_read_fail()
+        assert seen == [1, 2]  # the registration forgot the memoized 1
+        assert not methods & set(vars(_global_registry))
+    finally:
+        _global_registry.unregister(TRAINABLE_CLASS, "mlruntime_memo_probe")
+
+
 def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnector) -> None:
     too_big = quiet(resource_per_trial={"CPU": 64})
     with pytest.raises(ResourceError, match="largest node"):
