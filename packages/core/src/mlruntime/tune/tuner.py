@@ -371,7 +371,6 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
             raise
         # Released before Tune hears that the trial ended: Tune then reuses this process at
         # once, or ends it.
-        _context = None
         _release_groups(keep=job.keep_groups)
         released = True
         context._flush(done=True)  # Tune stops the trial at it (SystemExit)
