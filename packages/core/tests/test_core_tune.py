@@ -865,6 +865,55 @@ def test_trials_start_on_idle_workers_and_the_pool_is_topped_up_after(ray_cluste
     assert len(after - before) >= len(trial_pids)
 
 
+def first_quick_then_slow() -> None:
+    """Trial 0 ends at once, the others after 0.3 s."""
+    ctx = get_tuner_context()
+    if ctx.get_hyper_params()["x"] != 0:
+        time.sleep(0.3)
+    ctx.report({"loss": 0.0, "pid": os.getpid()})
+
+
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(ray_cluster: None) -> None:
+    """The first trial ends before the second trial's actor has started (a new process: every
+    idle worker but one is held here). Tune's FIFO scheduler gave the second trial the first
+    one's actor and removed its own, and did the same to every trial after it: 15 processes
+    started only to be stopped, every trial on one actor. Now the second trial waits for its
+    actor, and the first one's runs the next new trial."""
+    import ray
+    from ray._private.state import actors
+
+    from mlruntime.runtime.distributor import release_idle_groups
+    from mlruntime.runtime.warm import idle_workers, top_up_idle_workers
+
+    release_idle_groups()
+    cpus = int(sum(node.num_cpus for node in mlruntime.get_nodes()))
+    idle = wait_for_idle_workers(cpus)
+    holders = [ray.remote(num_cpus=0)(_Holder).remote() for _ in idle[1:]]
+    try:
+        ray.get([holder.ready.remote() for holder in holders])
+        assert sum(len(pids) for pids in idle_workers().values()) == 1
+        before = set(actors())
+        config = quiet(search_alg=GridSearch(), max_concurrent_trials=2)
+        result = tune.Tuner(first_quick_then_slow, {"x": list(range(16))}, config).run()
+    finally:
+        for holder in holders:
+            ray.kill(holder)
+        top_up_idle_workers(wait=True)
+    assert len(result.results) == 16 and set(result.results["status"]) == {"TERMINATED"}
+    created = [
+        info["Pid"]
+        for actor_id, info in actors().items()
+        if actor_id not in before and "ImplicitFunc" in info["ActorClassName"]
+    ]
+    ran = set(result.results["pid"])
+    assert len(ran) == 2 and sorted(created) == sorted(ran), (ran, created)
+
+
 def report_modules() -> None:
     loaded = "mlruntime.runtime.distributor" in sys.modules
     get_tuner_context().report({"loss": 0.0, "pid": os.getpid(), "distributor": loaded})

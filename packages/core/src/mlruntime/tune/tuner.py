@@ -705,7 +705,9 @@ class Tuner:
         alg = config.search_alg
         space = to_tune_space(self.search_space, alg.lists)
         scheduler = config.scheduler
-        if scheduler == "asha":
+        if scheduler is None:
+            scheduler = _PendingTrialsInOrder()
+        elif scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(
@@ -975,6 +977,36 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
             with checkpoint.as_directory() as folder:
                 best_model = load_model(folder)
     return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
+
+
+class _PendingTrialsInOrder:
+    """Ray Tune's FIFO scheduler (what Tune runs without one), except that it leaves pending
+    trials to Tune's own in-order pass over them; paused trials it picks as FIFO does.
+
+    FIFO picks the first pending trial for Tune to start before any other. When Tune has
+    already asked for that trial's actor, and another trial has just ended and left its actor
+    free, Tune gives the picked trial the free actor and removes the one it asked for, which
+    had often already taken an idle worker process: the process ends with it. With trials
+    shorter than an actor's start (a few tens of ms here) every trial could do that to the
+    next one, until no idle worker was left: the run then waited for a new process to start
+    (1.5 s with Ray Tune and xgboost preloaded) only to stop it (measured: 20 trials of no
+    work, 2 at a time, took 1.8 s in 3 runs of 6, 0.2 s in the others; with this, 0.15-0.3 s
+    in 8 of 8, two actors each). Tune's pass over pending trials lets a trial wait for the
+    actor asked for it and gives the free one to the next new trial instead.
+    """
+
+    def __new__(cls) -> Any:
+        from ray.tune.experiment import Trial
+        from ray.tune.schedulers import FIFOScheduler
+
+        class PendingTrialsInOrder(FIFOScheduler):
+            def choose_trial_to_run(self, tune_controller: Any) -> Any:
+                for trial in tune_controller.get_trials():
+                    if trial.status == Trial.PAUSED:
+                        return trial
+                return None
+
+        return PendingTrialsInOrder()
 
 
 class _ReleaseOrphans:
