@@ -180,6 +180,40 @@ def test_tune_reads_its_trainable_from_the_cluster_store_once_per_run(
     assert not memo
 
 
+def test_the_trainable_class_is_exported_without_disassembling_it(
+    ray_cluster: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray tags each class it exports with a hash of its disassembly (12-17 ms for Tune's
+    trainable); during a run the hash is of the code itself, and Ray's own is back after."""
+    from ray._private import function_manager
+    from ray._private.worker import global_worker
+
+    disassembled: list[str] = []
+    original = function_manager.FunctionActorManager.compute_collision_identifier
+
+    def counted(self: Any, function_or_class: Any) -> bytes:
+        disassembled.append(function_or_class.__name__)
+        return original(self, function_or_class)
+
+    monkeypatch.setattr(
+        function_manager.FunctionActorManager, "compute_collision_identifier", counted
+    )
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    frame = tune.Tuner(report_pid, {"x": [1, 2]}, config).run().results
+    assert set(frame["status"]) == {"TERMINATED"}
+    assert disassembled == []
+    manager = global_worker.function_actor_manager
+    assert "compute_collision_identifier" not in vars(manager)
+
+    def other(config: Any) -> int:
+        return 2
+
+    same = tuner_module._export_identifier
+    assert same(quadratic) == same(quadratic) != same(other)
+    assert same(tune.TunerConfig) == same(tune.TunerConfig) != same(tune.TunerResults)
+    assert len(same(quadratic)) == 32
+
+
 def test_the_registry_memo_forgets_on_registration_and_ends_with_its_block() -> None:
     from ray.tune.registry import TRAINABLE_CLASS, _global_registry
 
