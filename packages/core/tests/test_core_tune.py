@@ -912,7 +912,10 @@ class _Holder:
         return True
 
 
-def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(ray_cluster: None) -> None:
+@pytest.mark.parametrize("scheduler", [None, "asha"])
+def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(
+    ray_cluster: None, scheduler: str | None
+) -> None:
     """The first trial ends before the second trial's actor has started (a new process: every
     idle worker but one is held here). Tune's FIFO scheduler gave the second trial the first
     one's actor and removed its own, and did the same to every trial after it: 15 processes
@@ -932,7 +935,7 @@ def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(ray_cluster: None)
         ray.get([holder.ready.remote() for holder in holders])
         assert sum(len(pids) for pids in idle_workers().values()) == 1
         before = set(actors())
-        config = quiet(search_alg=GridSearch(), max_concurrent_trials=2)
+        config = quiet(search_alg=GridSearch(), max_concurrent_trials=2, scheduler=scheduler)
         result = tune.Tuner(first_quick_then_slow, {"x": list(range(16))}, config).run()
     finally:
         for holder in holders:

@@ -707,11 +707,13 @@ class Tuner:
         space = to_tune_space(self.search_space, alg.lists)
         scheduler = config.scheduler
         if scheduler is None:
-            scheduler = _PendingTrialsInOrder()
+            from ray.tune.schedulers import FIFOScheduler
+
+            scheduler = _pending_trials_in_order(FIFOScheduler)()
         elif scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(
+            scheduler = _pending_trials_in_order(ASHAScheduler)(
                 time_attr="training_iteration", max_t=config.max_rounds, grace_period=1
             )
         elif isinstance(scheduler, str):
@@ -1042,34 +1044,35 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
     return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
 
 
-class _PendingTrialsInOrder:
-    """Ray Tune's FIFO scheduler (what Tune runs without one), except that it leaves pending
-    trials to Tune's own in-order pass over them; paused trials it picks as FIFO does.
+def _pending_trials_in_order(scheduler: type) -> type:
+    """A subclass of Ray Tune's ``scheduler`` (FIFO, what Tune runs without one, or ASHA,
+    which picks trials as FIFO does) that leaves pending trials to Tune's own in-order pass
+    over them; paused trials it picks as FIFO does.
 
     FIFO picks the first pending trial for Tune to start before any other. When Tune has
     already asked for that trial's actor, and another trial has just ended and left its actor
     free, Tune gives the picked trial the free actor and removes the one it asked for, which
     had often already taken an idle worker process: the process ends with it. With trials
-    shorter than an actor's start (a few tens of ms here) every trial could do that to the
-    next one, until no idle worker was left: the run then waited for a new process to start
-    (1.5 s with Ray Tune and xgboost preloaded) only to stop it (measured: 20 trials of no
-    work, 2 at a time, took 1.8 s in 3 runs of 6, 0.2 s in the others; with this, 0.15-0.3 s
-    in 8 of 8, two actors each). Tune's pass over pending trials lets a trial wait for the
-    actor asked for it and gives the free one to the next new trial instead.
+    shorter than an actor's start (a few tens of ms here; trials ASHA stops at their first
+    report) every trial could do that to the next one, until no idle worker was left: the
+    run then waited for a new process to start (1.5 s with Ray Tune and xgboost preloaded)
+    only to stop it (measured: 20 trials of no work, 2 at a time, took 1.8 s in 3 runs of 6,
+    0.2 s in the others; with this, 0.15-0.3 s in 8 of 8, two actors each). Tune's pass over
+    pending trials lets a trial wait for the actor asked for it and gives the free one to
+    the next new trial instead.
     """
+    from ray.tune.experiment import Trial
 
-    def __new__(cls) -> Any:
-        from ray.tune.experiment import Trial
-        from ray.tune.schedulers import FIFOScheduler
+    class PendingTrialsInOrder(scheduler):
+        def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            for trial in tune_controller.get_trials():
+                if trial.status == Trial.PAUSED:
+                    return trial
+            return None
 
-        class PendingTrialsInOrder(FIFOScheduler):
-            def choose_trial_to_run(self, tune_controller: Any) -> Any:
-                for trial in tune_controller.get_trials():
-                    if trial.status == Trial.PAUSED:
-                        return trial
-                return None
-
-        return PendingTrialsInOrder()
+    # Tune names the run's scheduler by its class
+    PendingTrialsInOrder.__name__ = PendingTrialsInOrder.__qualname__ = scheduler.__name__
+    return PendingTrialsInOrder
 
 
 class _ReleaseOrphans:
