@@ -934,13 +934,21 @@ def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(
     from mlruntime.runtime.distributor import release_idle_groups
     from mlruntime.runtime.warm import idle_workers, top_up_idle_workers
 
+    def idle() -> list[int]:
+        return [pid for pids in idle_workers().values() for pid in pids]
+
     release_idle_groups()
-    top_up_idle_workers(wait=True)  # the pool as full as it gets: none registers after
-    idle = [pid for pids in idle_workers().values() for pid in pids]
-    holders = [ray.remote(num_cpus=0)(_Holder).remote() for _ in idle[1:]]
+    top_up_idle_workers(wait=True)  # the pool as full as it gets
+    holders: list[Any] = []
     try:
-        ray.get([holder.ready.remote() for holder in holders])
-        assert sum(len(pids) for pids in idle_workers().values()) == 1
+        for _ in range(10):  # a worker still starting registers late: hold it too
+            more = [ray.remote(num_cpus=0)(_Holder).remote() for _ in idle()[1:]]
+            ray.get([holder.ready.remote() for holder in more])
+            holders += more
+            time.sleep(0.5)
+            if len(idle()) <= 1:
+                break
+        assert len(idle()) <= 1
         before = set(actors())
         config = quiet(search_alg=GridSearch(), max_concurrent_trials=2, scheduler=scheduler)
         result = tune.Tuner(first_quick_then_slow, {"x": list(range(16))}, config).run()
