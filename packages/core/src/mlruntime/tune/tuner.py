@@ -778,6 +778,27 @@ def _without_tensorboard() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _on_instance(owner: Any, replacements: dict[str, Callable[..., Any]]) -> Iterator[None]:
+    """Set each of ``replacements`` as an attribute of ``owner`` itself (its class is left
+    alone) while the block runs; after it, each is removed if it is still the one set here.
+    Nothing is set if ``owner`` lacks one of the methods (another Ray layout) or has one set
+    on itself already (replaced already)."""
+    if not all(callable(getattr(owner, name, None)) for name in replacements) or any(
+        name in vars(owner) for name in replacements
+    ):
+        yield  # pragma: no cover - another Ray layout, or replaced already
+        return
+    for name, function in replacements.items():
+        setattr(owner, name, function)
+    try:
+        yield
+    finally:
+        for name, function in replacements.items():
+            if vars(owner).get(name) is function:
+                del vars(owner)[name]
+
+
+@contextlib.contextmanager
 def _registry_reads_memoized() -> Iterator[None]:
     """Memoize Ray Tune's reads of its registry while ``fit`` runs.
 
@@ -794,30 +815,25 @@ def _registry_reads_memoized() -> Iterator[None]:
         yield
         return
     names = ("get", "contains", "register", "unregister")
-    if not all(callable(getattr(registry, name, None)) for name in names) or any(
-        name in vars(registry) for name in names
-    ):
-        yield  # pragma: no cover - another Ray layout, or memoized already
-        return
-    get, contains, register, unregister = (getattr(registry, name) for name in names)
+    original: dict[str, Any] = {name: getattr(registry, name, None) for name in names}
     values: dict[tuple[str, str], Any] = {}
     known: set[tuple[str, str]] = set()
 
     def memo_get(category: str, key: str) -> Any:
         if (category, key) not in values:
-            values[(category, key)] = get(category, key)
+            values[(category, key)] = original["get"](category, key)
             known.add((category, key))
         return values[(category, key)]
 
     def memo_contains(category: str, key: str) -> bool:
         if (category, key) in known:
             return True
-        found = bool(contains(category, key))
+        found = bool(original["contains"](category, key))
         if found:
             known.add((category, key))
         return found
 
-    def forgetting(write: Callable[..., Any]) -> Callable[..., Any]:
+    def forgetting(write: Any) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             values.clear()
             known.clear()
@@ -825,14 +841,14 @@ def _registry_reads_memoized() -> Iterator[None]:
 
         return call
 
-    memoized = (memo_get, memo_contains, forgetting(register), forgetting(unregister))
-    for name, function in zip(names, memoized, strict=True):
-        setattr(registry, name, function)  # on the instance: its class is left alone
-    try:
+    memoized = {
+        "get": memo_get,
+        "contains": memo_contains,
+        "register": forgetting(original["register"]),
+        "unregister": forgetting(original["unregister"]),
+    }
+    with _on_instance(registry, memoized):
         yield
-    finally:
-        for name in names:
-            vars(registry).pop(name, None)
 
 
 @contextlib.contextmanager
@@ -844,8 +860,8 @@ def _cheap_export_identifiers() -> Iterator[None]:
     hint for spotting a class exported again and again (nothing in Ray 2.60 reads it), but
     for Tune's trainable class, whose actor class holds some 40 methods, it took 12-17 ms of
     the first trial's start (measured: of 66 ms from ``fit`` to the first trial). Here it is a
-    hash of the class's name and its methods' bytecode, names and constants: the same for
-    the same code, as before. The driver's function manager is as it was after.
+    hash of the code itself (:func:`_export_identifier`): the same for the same code, as
+    before. The driver's function manager is as it was after.
     """
     try:
         from ray._private.worker import global_worker
@@ -854,16 +870,8 @@ def _cheap_export_identifiers() -> Iterator[None]:
     except (ImportError, AttributeError):  # pragma: no cover - another Ray layout
         yield
         return
-    name = "compute_collision_identifier"
-    if not callable(getattr(manager, name, None)) or name in vars(manager):
-        yield  # pragma: no cover - another Ray layout, or replaced already
-        return
-    setattr(manager, name, _export_identifier)  # on the instance: its class is left alone
-    try:
+    with _on_instance(manager, {"compute_collision_identifier": _export_identifier}):
         yield
-    finally:
-        if vars(manager).get(name) is _export_identifier:
-            del vars(manager)[name]
 
 
 def _export_identifier(function_or_class: Any) -> bytes:
@@ -1076,8 +1084,6 @@ def _pending_trials_in_order(scheduler: type) -> type:
     :data:`PENDING_WAIT_S` s (resources held elsewhere) is picked as FIFO picks it, so it is
     not left for the end of the run; so is a paused trial, when none is pending.
     """
-    import time
-
     from ray.tune.experiment import Trial
 
     class PendingTrialsInOrder(scheduler):
