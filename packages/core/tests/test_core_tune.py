@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from mlruntime import DataConnector, tune
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
 from mlruntime.store import storage
 from mlruntime.testing import run_for_result, wait_for_idle_workers
-from mlruntime.tune import get_tuner_context
+from mlruntime.tune import get_tuner_context, progress
 from mlruntime.tune import tuner as tuner_module
 from mlruntime.tune.search import BayesOpt, GridSearch, RandomSearch
 
@@ -265,10 +266,15 @@ def test_bad_requests_fail_before_any_trial(ray_cluster: None, data: DataConnect
 
 
 def test_the_progress_line_counts_every_trial_of_the_run(
-    ray_cluster: None, data: DataConnector, capsys: pytest.CaptureFixture[str]
+    ray_cluster: None,
+    data: DataConnector,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Trials done of the run's total (not of the trials made so far), failed ones counted;
-    a trial reserving nothing (``{"CPU": 0}``) runs."""
+    to a log, the first trial's line and the final one (none between, however fast the
+    trials end); a trial reserving nothing (``{"CPU": 0}``) runs."""
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 1e6)
     config = tune.TunerConfig(
         metric="loss",
         mode="min",
@@ -278,10 +284,38 @@ def test_the_progress_line_counts_every_trial_of_the_run(
     )
     result = tune.Tuner(fail_on_three, {"x": [1, 2, 3, 4]}, config).run({"data": data})
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "trial(s) done" in ln]
-    assert lines[0].startswith("tuning: 1 trial(s) done of 4; best loss ")
-    assert lines[-1].startswith("tuning: 4 trial(s) done of 4 (1 failed); best loss ")
-    assert len(lines) == 4
+    assert lines == [
+        "tuning: 1 trial(s) done of 4; best loss 1",
+        "tuning: 4 trial(s) done of 4 (1 failed); best loss 1",
+    ]
     assert result.results["status"].tolist().count("ERROR") == 1
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a console's standard output does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_in_a_terminal_the_progress_is_one_line_rewritten_in_place(
+    ray_cluster: None, data: DataConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    config = tune.TunerConfig(
+        metric="loss", mode="max", search_alg=GridSearch(), max_concurrent_trials=1
+    )
+    tune.Tuner(fail_on_three, {"x": [1, 3, 2]}, config).run({"data": data})
+    out = terminal.getvalue()
+    progress_part = out[out.index("\r") :]
+    assert progress_part.endswith("\n") and progress_part.count("\n") == 1  # one line
+    written = progress_part[:-1].split("\r")[1:]
+    shown = [text.rstrip() for text in written]
+    assert shown[-1] == "tuning: 3 trial(s) done of 3 (1 failed); best loss 2"
+    assert shown[0].startswith("tuning: ") and len(shown) <= 4  # three trials, one result each
+    # each redraw covers all of the longer line before it
+    assert all(len(written[i]) >= max(map(len, shown[:i]), default=0) for i in range(len(shown)))
 
 
 def fail_on_three() -> None:

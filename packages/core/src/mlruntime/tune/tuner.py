@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
+from mlruntime.tune.progress import progress_callback
 from mlruntime.tune.search import RandomSearch, SearchAlgorithm
 from mlruntime.tune.space import to_tune_space
 
@@ -741,7 +742,7 @@ class Tuner:
             stopper,
         ]
         if config.verbose:
-            callbacks.append(_ProgressLine(config.metric, config.mode, self._trial_count()))
+            callbacks.append(progress_callback(config.metric, config.mode, self._trial_count()))
         run_config = tune.RunConfig(
             name=name,
             storage_path=root,
@@ -1222,62 +1223,3 @@ def _raise_report_error(grid: Any) -> None:
         found = _report_error(result.error)
         if found is not None:
             raise ReportError(str(found)) from result.error
-
-
-class _ProgressLine:
-    """A one-line, notebook-friendly view: trials done (failed ones among them) of the run's
-    ``total``, best so far."""
-
-    def __new__(cls, metric: str, mode: str, total: int) -> Any:
-        from ray.tune import Callback
-
-        class ProgressLine(Callback):
-            def __init__(self) -> None:
-                self.done = 0
-                self.failed = 0
-                self.best: float | None = None
-
-            def on_trial_result(
-                self, iteration: int, trials: Any, trial: Any, result: dict[str, Any], **info: Any
-            ) -> None:
-                value = result.get(metric)
-                if isinstance(value, (int, float)):
-                    better = self.best is None or (
-                        value < self.best if mode == "min" else value > self.best
-                    )
-                    if better:
-                        self.best = float(value)
-
-            def on_trial_complete(
-                self, iteration: int, trials: Any, trial: Any, **info: Any
-            ) -> None:
-                self.done += 1
-                self.show()
-
-            def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-                self.done += 1
-                self.failed += 1
-                self.show()
-
-            def get_state(self) -> dict[str, Any]:
-                # kept in Tune's snapshots: a restored run counts on from where it stopped
-                return {
-                    "done": self.done,
-                    "failed": self.failed,
-                    "best": self.best,
-                }
-
-            def set_state(self, state: dict[str, Any]) -> None:
-                self.done = int(state.get("done", 0))
-                self.failed = int(state.get("failed", 0))
-                self.best = state.get("best")
-
-            def show(self) -> None:
-                best = "n/a" if self.best is None else f"{self.best:.6g}"
-                failed = f" ({self.failed} failed)" if self.failed else ""
-                print(
-                    f"tuning: {self.done} trial(s) done of {total}{failed}; best {metric} {best}",
-                    flush=True,
-                )
-
-        return ProgressLine()
