@@ -120,7 +120,8 @@ _SCRIPT = textwrap.dedent(
         mlruntime.init(address="127.0.0.9:6379", preload=["warm_probe"])
     except ConfigError as exc:
         out["cluster_refused"] = str(exc)
-    mlruntime.init(num_cpus=2, preload=["warm_probe"])
+    # what a Ray Tune preload adds (TRIAL_IMPORTS), then the probe, which sees what it did
+    mlruntime.init(num_cpus=2, preload=["mlruntime.tune._warm", "warm_probe"])
     import ray
     from ray._private.worker import global_worker
 
@@ -134,7 +135,7 @@ _SCRIPT = textwrap.dedent(
 
     def probe():
         import warm_probe
-        return os.getpid(), warm_probe.IMPORTED_AT
+        return os.getpid(), warm_probe.IMPORTED_AT, warm_probe.SERIALIZATION_READY
 
     two = ScalingConfig(num_workers=2, resources_per_worker=WorkerResourceConfig(num_cpus=1))
     pool = out["pool"] = 2 + SPARE_WORKERS  # one per CPU and the spare
@@ -143,8 +144,9 @@ _SCRIPT = textwrap.dedent(
     asked = time.time()
     group.start()
     first = group.run(probe)
-    out["first_pids"] = sorted(p for p, _ in first)
-    out["imported_before_asked"] = all(at < asked for _, at in first)
+    out["first_pids"] = sorted(p for p, _, _ in first)
+    out["imported_before_asked"] = all(at < asked for _, at, _ in first)
+    out["worker_serialization_ready"] = [ready for _, _, ready in first]
     ended = [a._actor_id.binary() for a in [*group.actors, group.state]]
     group.shutdown(top_up=False)
     out["idle_after_shutdown"] = idle(0)
@@ -153,7 +155,7 @@ _SCRIPT = textwrap.dedent(
     out["again"] = top_up_idle_workers(wait=True)
     group = WorkerGroup(resolve_scaling(two, mlruntime.get_nodes()))
     group.start()
-    out["second_pids"] = sorted(p for p, _ in group.run(probe))
+    out["second_pids"] = sorted(p for p, _, _ in group.run(probe))
     group.shutdown()
     out["idle_after_background_top_up"] = idle(pool)
     mlruntime.shutdown()
@@ -166,7 +168,12 @@ _SCRIPT = textwrap.dedent(
 def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "warm_probe.py").write_text("import time\nIMPORTED_AT = time.time()\n")
+    (tmp_path / "warm_probe.py").write_text(
+        "import time\n"
+        "from ray._private.worker import global_worker\n"
+        "IMPORTED_AT = time.time()\n"
+        "SERIALIZATION_READY = bool(global_worker.serialization_context_map)\n"
+    )
     script = tmp_path / "warm_script.py"
     script.write_text(_SCRIPT)
     env = dict(os.environ)
@@ -188,6 +195,9 @@ def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
     assert len(out["idle_at_start"]) == pool
     assert set(out["first_pids"]) <= set(out["idle_at_start"])
     assert out["imported_before_asked"]
+    # the trial imports built each worker's serialization context while it was idle (Ray
+    # builds it at the first object reference a process reads: the trial actor class's)
+    assert out["worker_serialization_ready"] == [True, True]
     # Ray does not replace them when the actors end (at most a process it started meanwhile
     # stays idle); the top-up fills the pool again, once, and to no more than the pool
     assert len(out["idle_after_shutdown"]) + out["started"] >= pool
