@@ -4,7 +4,10 @@ often, in a terminal or notebook and in a log."""
 from __future__ import annotations
 
 import io
+import sys
+import time
 
+import numpy as np
 import pytest
 
 from mlruntime.tune import progress
@@ -22,9 +25,10 @@ def test_the_counts_and_the_best_value() -> None:
     assert view.result(0.5) and not view.result(0.7) and view.result(0.25)
     assert not view.result(float("nan")) and not view.result("0.1") and not view.result(True)
     assert not view.result(None)
+    assert view.result(np.float32(0.125)) and view.best == 0.125  # numpy's numbers too
     view.trial_ended()
     view.trial_ended(failed=True)
-    assert view.text() == "tuning: 2 trial(s) done of 5 (1 failed); best rmse 0.25"
+    assert view.text() == "tuning: 2 trial(s) done of 5 (1 failed); best rmse 0.125"
     most = Progress("accuracy", "max", 2)
     assert most.result(0.5) and most.result(0.75) and not most.result(0.6)
     assert most.best == 0.75
@@ -126,3 +130,53 @@ def test_a_restored_run_counts_on_and_draws_afresh() -> None:
     log = io.StringIO()
     restored.show(log)  # drawn in the new driver, however recently the old one drew
     assert log.getvalue() == "tuning: 1 trial(s) done of 6; best loss 2\n"
+
+
+def test_a_change_held_back_as_too_soon_is_shown_once_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.05)
+    log = io.StringIO()
+    view = Progress("loss", "min", 10)
+    view.show(log, held=True)  # nothing held: nothing shown, not even the zero count
+    assert log.getvalue() == ""
+    view.trial_ended()
+    view.show(log)
+    view.trial_ended()
+    view.show(log)  # too soon: held back
+    view.show(log, held=True)  # still too soon
+    assert log.getvalue().splitlines() == ["tuning: 1 trial(s) done of 10; best loss n/a"]
+    time.sleep(0.06)
+    view.show(log, held=True)
+    view.show(log, held=True)  # shown already
+    assert log.getvalue().splitlines()[1:] == ["tuning: 2 trial(s) done of 10; best loss n/a"]
+
+
+def test_no_standard_output_shows_nothing_and_does_not_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "stdout", None)  # pythonw, a closed descriptor
+    view = Progress("loss", "min", 1)
+    view.trial_ended()
+    view.show()
+    view.show(final=True)
+
+
+def test_the_tune_callback_reads_nested_metrics_and_keeps_its_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlruntime.tune.progress import progress_callback
+
+    callback = progress_callback("eval/loss", "min", 2)
+    # Tune passes callbacks the result as reported: nested, or flat as Tune names it
+    callback.on_trial_result(iteration=1, trials=[], trial=None, result={"eval": {"loss": 0.5}})
+    callback.on_trial_result(iteration=2, trials=[], trial=None, result={"eval/loss": 0.25})
+    callback.on_trial_result(iteration=3, trials=[], trial=None, result={"other": 0.1})
+    assert callback.get_state() == {"done": 0, "failed": 0, "best": 0.25}
+    restored = progress_callback("eval/loss", "min", 2)
+    restored.set_state(callback.get_state())
+    restored.on_trial_complete(iteration=4, trials=[], trial=None)
+    restored.on_trial_error(iteration=5, trials=[], trial=None)
+    restored.on_experiment_end(trials=[])
+    assert capsys.readouterr().out.splitlines() == [
+        "tuning: 1 trial(s) done of 2; best eval/loss 0.25",
+        "tuning: 2 trial(s) done of 2 (1 failed); best eval/loss 0.25",
+    ]

@@ -4,7 +4,8 @@ and the best value of the metric so far.
 Where it is shown decides how (``Progress.show``):
 
 - a terminal or a Jupyter notebook's output: **one line, rewritten in place** (``\\r``) as
-  trials finish and the best value improves (at most ten times a second), ended with a newline
+  trials finish and the best value improves (at most ten times a second: a change within a
+  tenth of a second of the last redraw is drawn at Tune's next step), ended with a newline
   when the run ends;
 - anything else (a log file, a pipe, a captured stream): **a line** when the first trial
   finishes, then at most one every ``PROGRESS_EVERY_S`` seconds, and the final count when the
@@ -13,6 +14,8 @@ Where it is shown decides how (``Progress.show``):
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 from typing import Any, TextIO
@@ -61,12 +64,15 @@ class Progress:
         self._shown_text = ""
         self._width = 0
         self._live_line = False
+        self._held = False  # a change not shown yet (too soon after the last)
 
     def result(self, value: Any) -> bool:
-        """Take one reported ``value`` of the metric; True if it is the best so far."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        """Take one reported ``value`` of the metric (any real number: numpy's too); True if
+        it is the best so far."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if value != value:  # NaN: never the best
+        value = float(value)
+        if math.isnan(value):  # never the best
             return False
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = float(value)
@@ -86,26 +92,40 @@ class Progress:
             f"tuning: {self.done} trial(s) done of {self.total}{failed}; best {self.metric} {best}"
         )
 
-    def show(self, stream: TextIO | None = None, final: bool = False) -> None:
-        """Show the counts on ``stream`` (default: ``sys.stdout``) unless they were shown less
-        than ``LIVE_EVERY_S`` (live) or ``PROGRESS_EVERY_S`` (a log) ago, or are unchanged.
-        ``final``: the run ended: show what changed since, whenever it was, and end the
-        rewritten line."""
+    def show(self, stream: TextIO | None = None, final: bool = False, held: bool = False) -> None:
+        """Show the counts on ``stream`` (default: ``sys.stdout``) unless they are unchanged or
+        were shown less than ``LIVE_EVERY_S`` (live) or ``PROGRESS_EVERY_S`` (a log) ago (the
+        final count, all trials done, is shown at once).
+
+        Args:
+            stream: Where to show them.
+            final: The run ended: show what changed since, whenever it was, and end the
+                rewritten line.
+            held: Only show a change an earlier call held back (as too soon), once it is due:
+                nothing is shown before the first change was.
+        """
         out = sys.stdout if stream is None else stream
+        if out is None:  # no standard output (pythonw, a closed descriptor): nothing to show
+            return
+        if held and not self._held:
+            return
         live = is_live(out)
         text = self.text()
         now = time.monotonic()
         every = LIVE_EVERY_S if live else PROGRESS_EVERY_S
         due = self._shown_at is None or now - self._shown_at >= every
-        if text != self._shown_text and (due or final or self.done == self.total):
-            if live:
-                out.write("\r" + text.ljust(self._width))
-                self._width = max(self._width, len(text))
-                self._live_line = True
+        if text != self._shown_text:
+            if due or final or self.done == self.total:
+                if live:
+                    out.write("\r" + text.ljust(self._width))
+                    self._width = max(self._width, len(text))
+                    self._live_line = True
+                else:
+                    out.write(text + "\n")
+                out.flush()
+                self._shown_at, self._shown_text, self._held = now, text, False
             else:
-                out.write(text + "\n")
-            out.flush()
-            self._shown_at, self._shown_text = now, text
+                self._held = True
         if final and self._live_line:
             out.write("\n")
             out.flush()
@@ -142,9 +162,19 @@ def progress_callback(metric: str, mode: str, total: int) -> Any:
         def on_trial_result(
             self, iteration: int, trials: Any, trial: Any, result: dict[str, Any], **info: Any
         ) -> None:
+            value = result.get(metric)
+            if value is None and "/" in metric:  # a nested metric ("eval/loss")
+                from ray.tune.utils import flatten_dict
+
+                value = flatten_dict(result).get(metric)
             # a live line shows a better value as it comes (ASHA's rounds, a trial's epochs)
-            if self.progress.result(result.get(metric)) and is_live(sys.stdout):
+            if self.progress.result(value) and is_live(sys.stdout):
                 self.progress.show()
+
+        def on_step_end(self, iteration: int, trials: Any, **info: Any) -> None:
+            # Tune steps at least every 0.1 s: what was held back (a trial that ended just
+            # after the line was drawn) is shown once it is due, not at the next trial's end
+            self.progress.show(held=True)
 
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
             self.progress.trial_ended()
