@@ -326,6 +326,58 @@ def fail_on_three() -> None:
     ctx.report({"loss": float(ctx.get_hyper_params()["x"])})
 
 
+def diverging() -> None:
+    ctx = get_tuner_context()
+    x = ctx.get_hyper_params()["x"]
+    loss = {1: float("inf"), 2: 0.5, 3: float("nan"), 4: 0.25}[x]
+    ctx.report({"loss": loss}, model={"x": x})
+
+
+def test_nan_and_infinite_values_are_never_the_best(
+    ray_cluster: None, data: DataConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # mode max: the infinite value is not best (Ray Tune's own best skips it too), and the
+    # best model is the best row's trial's
+    highest = tune.TunerConfig(metric="loss", mode="max", search_alg=GridSearch(), verbose=False)
+    most = tune.Tuner(diverging, {"x": [1, 2, 3]}, highest)
+    result = most.run({"data": data})
+    assert result.best_result["config/x"].tolist() == [2] and result.best_model == {"x": 2}
+    least = tune.Tuner(diverging, {"x": [1, 2, 3, 4]}, quiet(search_alg=GridSearch()))
+    assert least.run({"data": data}).best_model == {"x": 4}
+    # none finite: no best, a warning (the run's results stay), not Tune's RuntimeError
+    none = tune.Tuner(diverging, {"x": [1, 3]}, quiet(search_alg=GridSearch()))
+    result = none.run({"data": data})
+    assert result.best_result.empty and result.best_model is None
+    assert len(result.results) == 2
+    assert "no trial reported a finite value of the metric 'loss'" in caplog.text
+
+
+def nested() -> None:
+    ctx = get_tuner_context()
+    p = ctx.get_hyper_params()
+    opt = p["opt"]
+    ctx.report({"loss": opt["lr"] * opt["momentum"] + len(p["layers"])})
+
+
+def test_a_nested_space_reaches_the_trial_nested_and_the_run_leaves_the_environment_as_it_was(
+    ray_cluster: None, data: DataConnector
+) -> None:
+    switches = (
+        "RAY_AIR_NEW_OUTPUT",
+        "TUNE_GLOBAL_CHECKPOINT_S",
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
+    )
+    before = {name: os.environ.get(name) for name in switches}
+    space = {"opt": {"lr": tune.uniform(0.1, 1), "momentum": [0.0, 0.9]}, "layers": (64, 32)}
+    config = quiet(search_alg=RandomSearch(random_state=0), num_trials=2)
+    frame = tune.Tuner(nested, space, config).run({"data": data}).results
+    assert len(frame) == 4  # two draws times the nested grid's two values
+    assert sorted(frame["config/opt/momentum"]) == [0.0, 0.0, 0.9, 0.9]
+    assert frame["config/opt/lr"].between(0.1, 1).all()
+    assert (frame["loss"] - frame["config/opt/lr"] * frame["config/opt/momentum"] == 2).all()
+    assert {name: os.environ.get(name) for name in switches} == before
+
+
 def test_restore_reads_the_runs_settings_and_warns_for_older_runs(
     ray_cluster: None, data: DataConnector, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,13 @@ class SearchAlgorithm:
         """The Ray Tune search algorithm running at most ``max_concurrent`` trials at once."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Check, before anything starts, that the search can run here.
+
+        Raises:
+            ConfigError: If a package it needs is missing.
+        """
+
 
 @dataclass
 class RandomSearch(SearchAlgorithm):
@@ -63,6 +70,19 @@ class BayesOpt(SearchAlgorithm):
     random_state: int | None = None
     lists: str = field(default="choice", init=False)
 
+    def check(self) -> None:
+        """Check that optuna is installed (without importing it).
+
+        Raises:
+            ConfigError: If it is not.
+        """
+        import importlib.util
+
+        from mlruntime.errors import ConfigError
+
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError(_NEEDS_OPTUNA)
+
     def searcher(self, metric: str, mode: str, max_concurrent: int) -> Any:
         from mlruntime.errors import ConfigError
 
@@ -70,11 +90,12 @@ class BayesOpt(SearchAlgorithm):
             import optuna
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as exc:
-            raise ConfigError(
-                'BayesOpt needs optuna: pip install "mlruntime[tune]" (or optuna)'
-            ) from exc
+            raise ConfigError(_NEEDS_OPTUNA) from exc
         from ray.tune.search import ConcurrencyLimiter
 
         sampler = optuna.samplers.TPESampler(seed=self.random_state)
         search = OptunaSearch(metric=metric, mode=mode, sampler=sampler)
         return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
+
+
+_NEEDS_OPTUNA = 'BayesOpt needs optuna: pip install "mlruntime[tune]" (or optuna)'

@@ -1,12 +1,16 @@
 """Search spaces: Snowflake's sampling functions, turned into Ray Tune's.
 
 A value of a search space is a sampling function (``uniform``, ``loguniform``, ``randint``,
-``choice``), a list (a grid: every value is tried) or a scalar (a constant).
+``choice``), a list (a grid: every value is tried; a ``choice`` for ``BayesOpt``), a dict (a
+nested space: the trial gets a dict of the same shape) or anything else, a tuple included, as
+a constant. A ``range``, a set or a numpy array is refused (is it a grid or a constant?): pass
+``list(...)`` for a grid.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +22,9 @@ __all__ = [
     "RandInt",
     "SamplingFunction",
     "Uniform",
+    "check_space",
     "choice",
+    "grid_size",
     "loguniform",
     "randint",
     "to_tune_space",
@@ -35,9 +41,29 @@ class SamplingFunction:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """``value`` as a float (numpy's numbers too).
+
+    Raises:
+        ConfigError: Unless it is a finite real number (not a bool).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
         raise ConfigError(f"{what} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int (numpy's integers too).
+
+    Raises:
+        ConfigError: Unless it is an integer (not a bool).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -48,8 +74,11 @@ class Uniform(SamplingFunction):
     upper: float
 
     def __post_init__(self) -> None:
-        if _number(self.lower, "lower") >= _number(self.upper, "upper"):
+        low, high = _number(self.lower, "lower"), _number(self.upper, "upper")
+        if low >= high:
             raise ConfigError(f"uniform needs lower < upper, got {self.lower}, {self.upper}")
+        object.__setattr__(self, "lower", low)
+        object.__setattr__(self, "upper", high)
 
     def to_tune(self) -> Any:
         from ray import tune
@@ -68,6 +97,8 @@ class LogUniform(SamplingFunction):
         low, high = _number(self.lower, "lower"), _number(self.upper, "upper")
         if not 0 < low < high:
             raise ConfigError(f"loguniform needs 0 < lower < upper, got {self.lower}, {self.upper}")
+        object.__setattr__(self, "lower", low)
+        object.__setattr__(self, "upper", high)
 
     def to_tune(self) -> Any:
         from ray import tune
@@ -83,11 +114,12 @@ class RandInt(SamplingFunction):
     upper: int
 
     def __post_init__(self) -> None:
-        for label, value in (("lower", self.lower), ("upper", self.upper)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"randint {label} must be an integer, got {value!r}")
-        if self.lower >= self.upper:
+        low = _integer(self.lower, "randint lower")
+        high = _integer(self.upper, "randint upper")
+        if low >= high:
             raise ConfigError(f"randint needs lower < upper, got {self.lower}, {self.upper}")
+        object.__setattr__(self, "lower", low)
+        object.__setattr__(self, "upper", high)
 
     def to_tune(self) -> Any:
         from ray import tune
@@ -147,27 +179,80 @@ def choice(options: list[Any]) -> Choice:
     return Choice(tuple(options))
 
 
+def check_space(space: Any, lists: str = "grid", path: str = "") -> None:
+    """Check a search space before anything starts (no Ray needed).
+
+    Args:
+        space: Name -> sampling function, list, nested dict or constant.
+        lists: What a list becomes: ``"grid"`` or ``"choice"``.
+        path: Where ``space`` sits in the whole space (for messages).
+
+    Raises:
+        ConfigError: For a space that is not a dict, a name that is not a string, an empty
+            list, or a ``range``, set, numpy array or iterator (say ``list(...)`` for a grid).
+    """
+    if not isinstance(space, dict):
+        raise ConfigError(f"search_space must be a dict, got {type(space).__name__}")
+    for name, value in space.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"search space names must be strings, got {name!r}")
+        where = f"{path}{name}"
+        if isinstance(value, dict):
+            check_space(value, lists, f"{where}/")
+        elif isinstance(value, list):
+            if not value:
+                raise ConfigError(f"search space {where!r}: an empty list has nothing to try")
+        elif isinstance(value, (range, set, frozenset)) or _is_array_or_iterator(value):
+            kind = "a grid" if lists == "grid" else "a choice"
+            raise ConfigError(
+                f"search space {where!r}: a {type(value).__name__} is neither {kind} nor a "
+                f"constant here: pass list(...) for {kind}, or tuple(...) for a constant"
+            )
+
+
+def _is_array_or_iterator(value: Any) -> bool:
+    """A numpy (or similar) array of at least one dimension, or an iterator/generator."""
+    if hasattr(value, "__next__"):
+        return True
+    shape = getattr(value, "shape", None)
+    return hasattr(value, "__array__") and isinstance(shape, tuple) and len(shape) > 0
+
+
+def grid_size(space: dict[str, Any]) -> int:
+    """The combinations a grid over ``space``'s lists makes (nested dicts' lists included)."""
+    size = 1
+    for value in space.values():
+        if isinstance(value, dict):
+            size *= grid_size(value)
+        elif isinstance(value, list):
+            size *= max(1, len(value))
+    return size
+
+
 def to_tune_space(space: dict[str, Any], lists: str) -> dict[str, Any]:
     """The Ray Tune ``param_space`` of a search space.
 
     Args:
-        space: Name -> sampling function, list or constant.
+        space: Name -> sampling function, list, nested dict or constant.
         lists: What a list becomes: ``"grid"`` (every value tried) or ``"choice"``.
 
     Raises:
-        ConfigError: For a name that is not a string or an empty list.
+        ConfigError: As :func:`check_space`.
     """
+    check_space(space, lists)
+    return _to_tune(space, lists)
+
+
+def _to_tune(space: dict[str, Any], lists: str) -> dict[str, Any]:
     from ray import tune
 
     out: dict[str, Any] = {}
     for name, value in space.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"search space names must be strings, got {name!r}")
         if isinstance(value, SamplingFunction):
             out[name] = value.to_tune()
-        elif isinstance(value, (list, tuple)):
-            if not value:
-                raise ConfigError(f"search space {name!r}: an empty list has nothing to try")
+        elif isinstance(value, dict):
+            out[name] = _to_tune(value, lists)
+        elif isinstance(value, list):
             out[name] = tune.grid_search(list(value)) if lists == "grid" else tune.choice(value)
         else:
             out[name] = value

@@ -16,10 +16,13 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
+import numbers
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +32,7 @@ from typing import Any
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
 from mlruntime.tune.progress import progress_callback
 from mlruntime.tune.search import RandomSearch, SearchAlgorithm
-from mlruntime.tune.space import to_tune_space
+from mlruntime.tune.space import check_space, grid_size, to_tune_space
 
 __all__ = [
     "ReportError",
@@ -80,7 +83,10 @@ class TunerConfig:
         verbose: Show a progress line (trials done, best so far).
 
     Raises:
-        ConfigError: For a bad mode, trial count or resources.
+        ConfigError: For a bad mode or metric name, a count that is not a positive integer
+            (``num_trials``, ``max_concurrent_trials``, ``max_rounds``), resources other
+            than ``CPU`` and ``GPU`` or below 0, a scheduler other than ``"asha"`` or a
+            Ray Tune one, or a ``name`` with path separators.
     """
 
     metric: str
@@ -100,20 +106,74 @@ class TunerConfig:
             raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if not isinstance(self.metric, str) or not self.metric:
             raise ConfigError(f"metric must be a metric name, got {self.metric!r}")
-        if isinstance(self.num_trials, bool) or not isinstance(self.num_trials, int):
-            raise ConfigError(f"num_trials must be a positive integer, got {self.num_trials!r}")
-        if self.num_trials < 1:
-            raise ConfigError(f"num_trials must be a positive integer, got {self.num_trials!r}")
+        self.num_trials = _positive_int(self.num_trials, "num_trials")
         if not isinstance(self.search_alg, SearchAlgorithm):
             raise ConfigError(
                 "search_alg must be RandomSearch(), GridSearch() or BayesOpt(), got "
                 f"{type(self.search_alg).__name__}"
             )
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise ConfigError("max_concurrent_trials must be >= 1")
-        for key, value in (self.resource_per_trial or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
+        if self.max_concurrent_trials is not None:
+            self.max_concurrent_trials = _positive_int(
+                self.max_concurrent_trials, "max_concurrent_trials"
+            )
+        if self.resource_per_trial is not None:
+            if not isinstance(self.resource_per_trial, dict):
+                raise ConfigError(
+                    "resource_per_trial must be a dict such as {'CPU': 1, 'GPU': 1}, got "
+                    f"{type(self.resource_per_trial).__name__}"
+                )
+            for key, value in self.resource_per_trial.items():
+                if not isinstance(key, str) or key.upper() not in ("CPU", "GPU"):
+                    raise ConfigError(
+                        f"resource_per_trial: a trial asks for 'CPU' and 'GPU', got {key!r}"
+                    )
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, numbers.Real)
+                    or not math.isfinite(float(value))
+                    or value < 0
+                ):
+                    raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
+        if self.uses_snowflake_trainer is not None and not isinstance(
+            self.uses_snowflake_trainer, bool
+        ):
+            raise ConfigError(
+                f"uses_snowflake_trainer must be True, False or None, got "
+                f"{self.uses_snowflake_trainer!r}"
+            )
+        if isinstance(self.scheduler, str):
+            if self.scheduler.lower() != "asha":
+                raise ConfigError(
+                    "scheduler must be 'asha', a Ray Tune scheduler or None, got "
+                    f"{self.scheduler!r}"
+                )
+            self.scheduler = "asha"
+        elif self.scheduler is not None:
+            # an object of Ray Tune's: its module is imported already if it is one
+            schedulers = sys.modules.get("ray.tune.schedulers.trial_scheduler")
+            if schedulers is None or not isinstance(self.scheduler, schedulers.TrialScheduler):
+                raise ConfigError(
+                    "scheduler must be 'asha', a Ray Tune scheduler (ray.tune.schedulers) or "
+                    f"None, got {type(self.scheduler).__name__}"
+                )
+        self.max_rounds = _positive_int(self.max_rounds, "max_rounds")
+        if self.name is not None and (
+            not isinstance(self.name, str)
+            or self.name in ("", ".", "..")
+            or any(sep in self.name for sep in ("/", "\\"))
+        ):
+            raise ConfigError(f"name must be a folder name (no path separators), got {self.name!r}")
+
+
+def _positive_int(value: Any, what: str) -> int:
+    """``value`` as an int (numpy's integers too).
+
+    Raises:
+        ConfigError: Unless it is an integer >= 1 (not a bool).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class TunerContext:
@@ -427,12 +487,15 @@ class Tuner:
     Args:
         train_func: A function of no arguments; it calls ``get_tuner_context()`` for its
             hyper-parameters and datasets and reports with ``report(metrics, model=None)``.
-        search_space: Name -> sampling function (``uniform`` ...), list (a grid) or constant.
+        search_space: Name -> sampling function (``uniform`` ...), list (a grid; a choice
+            for ``BayesOpt``), nested dict (a nested space) or constant (a tuple included).
         tuner_config: The metric, mode, search algorithm and limits.
 
     Raises:
-        ConfigError: For a train_func that is not callable or cannot be sent to workers, or
-            a search space that is not a dict.
+        ConfigError: For a train_func that is not callable, a search space that is not a
+            dict or holds an empty list, a ``range``, a set or an array
+            (:func:`mlruntime.tune.space.check_space`), or a search algorithm whose package
+            is missing (``BayesOpt`` without optuna).
     """
 
     def __init__(
@@ -443,10 +506,10 @@ class Tuner:
     ) -> None:
         if not callable(train_func):
             raise ConfigError(f"train_func must be callable, got {type(train_func).__name__}")
-        if not isinstance(search_space, dict):
-            raise ConfigError(f"search_space must be a dict, got {type(search_space).__name__}")
         if not isinstance(tuner_config, TunerConfig):
             raise ConfigError(f"tuner_config must be a TunerConfig, got {type(tuner_config)}")
+        check_space(search_space, tuner_config.search_alg.lists)
+        tuner_config.search_alg.check()
         self.train_func = train_func
         self.search_space = search_space
         self.config = tuner_config
@@ -553,12 +616,6 @@ class Tuner:
         """
         import json
 
-        # Tune's own console tables and hints: ours is one progress line (verbose=True).
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # Save the run's state every second (Tune's default: every 10 s or more), so a
-        # driver killed mid-run loses at most the last second: Tuner.restore keeps every
-        # trial that finished before that.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         from ray import tune
 
         from mlruntime.runtime.cluster import get_nodes, init, started_locally
@@ -607,7 +664,7 @@ class Tuner:
                 storage.remove(staging)
             except OSError:
                 pass
-        with StagedInputs(staging) as staged:
+        with _tune_environment(), StagedInputs(staging) as staged:
             restored = self._restore_path is not None
             one_at_a_time = (
                 bool(saved.get("one_at_a_time", False)) if restored else concurrency == 1
@@ -666,7 +723,6 @@ class Tuner:
                 print(f"tuning: results in {path} (Tuner.restore(path) resumes)")
             with (
                 storage.private_files(root),
-                _without_tensorboard(),
                 _on_idle_workers(),
                 _registry_reads_memoized(),
                 _cheap_export_identifiers(),
@@ -687,12 +743,7 @@ class Tuner:
         """How many trials the run makes: each combination of the grid (lists, with a search
         algorithm that makes them grids) once, times ``num_trials`` samples unless the
         search is a grid search."""
-        alg = self.config.search_alg
-        combinations = 1
-        if alg.lists == "grid":
-            for value in self.search_space.values():
-                if isinstance(value, (list, tuple)):
-                    combinations *= max(1, len(value))
+        combinations = grid_size(self.search_space) if self.config.search_alg.lists == "grid" else 1
         return combinations * self._num_samples()
 
     def _num_samples(self) -> int:
@@ -733,7 +784,7 @@ class Tuner:
         from ray.tune.logger import JsonLoggerCallback
 
         # Tune's JSON results of each trial (every report: what Tune's analysis reads), not its
-        # CSV copy of them nor its TensorBoard one (_without_tensorboard): each logger writes
+        # CSV copy of them nor its TensorBoard one (_tune_environment): each logger writes
         # in the driver, between one trial and the next
         stopper = _StopOnBadReport()  # a callback too: it sees the trials fail
         callbacks: list[Any] = [
@@ -761,21 +812,54 @@ class Tuner:
         return tuner, storage.join(root, name)
 
 
+_TUNE_ENV: dict[str, tuple[str, bool]] = {
+    # Tune's own console tables and hints: ours is one progress line (verbose=True)
+    "RAY_AIR_NEW_OUTPUT": ("0", False),
+    # save the run's state every second (Tune's default: every 10 s or more), so a driver
+    # killed mid-run loses at most the last second: Tuner.restore keeps every trial that
+    # finished before that
+    "TUNE_GLOBAL_CHECKPOINT_S": ("1", False),
+    # no TensorBoard logger added as fit starts: importing tensorboardX (which imports
+    # torch) took 3 s of the driver's time, and its event files are written on every report
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": ("1", True),
+}
+"""Ray Tune's switches (it reads them from the environment) while a run's ``fit`` runs: name
+-> (value, set even if the user set it)."""
+
+_tune_env_lock = threading.Lock()
+_tune_env_runs = 0
+_tune_env_saved: dict[str, str | None] = {}
+
+
 @contextlib.contextmanager
-def _without_tensorboard() -> Iterator[None]:
-    """Keep Ray Tune from adding its TensorBoard logger while ``fit`` starts: importing
-    tensorboardX (which imports torch) took 3 s of the driver's time, and its event files are
-    written on every report. (Tune reads the switch from the environment; it is restored.)"""
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
+def _tune_environment() -> Iterator[None]:
+    """Set :data:`_TUNE_ENV` while the block runs, and restore what was there after the last
+    of the runs inside such a block ends (runs in several threads of one driver share the
+    setting); a variable changed meanwhile by someone else is left as it is."""
+    global _tune_env_runs
+    with _tune_env_lock:
+        if _tune_env_runs == 0:
+            _tune_env_saved.clear()
+            for key, (value, force) in _TUNE_ENV.items():
+                old = os.environ.get(key)
+                if force or old is None:
+                    _tune_env_saved[key] = old
+                    os.environ[key] = value
+        _tune_env_runs += 1
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+        with _tune_env_lock:
+            _tune_env_runs -= 1
+            if _tune_env_runs == 0:
+                for key, old in _tune_env_saved.items():
+                    if os.environ.get(key) != _TUNE_ENV[key][0]:
+                        continue  # changed meanwhile: not ours to undo
+                    if old is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = old
+                _tune_env_saved.clear()
 
 
 @contextlib.contextmanager
@@ -1032,6 +1116,16 @@ def _results_frame(grid: Any) -> Any:
 
 
 def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
+    """The run's :class:`TunerResults`: every trial's last report, and the best trial by its
+    last value of the metric (NaN and infinite values never best, as in Ray Tune's own
+    ``get_best_result``) with the model that trial reported last.
+
+    Raises:
+        Exception: The error of the first trial, when every trial failed.
+    """
+    import numpy as np
+    import pandas as pd
+
     frame = _results_frame(grid)
     errors = [r.error for r in grid if r.error is not None]
     if errors and len(errors) == len(grid):
@@ -1046,16 +1140,25 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
             metric,
             metric,
         )
-    else:
-        index = frame[metric].idxmin() if config.mode == "min" else frame[metric].idxmax()
-        best_row = frame.loc[[index]]
-        best = grid.get_best_result(metric=metric, mode=config.mode, scope="last")
-        checkpoint = best.checkpoint
-        if checkpoint is not None:
-            from mlruntime.store.model_files import load_model
+        return TunerResults(results=frame, best_result=best_row, best_model=None, path=path)
+    scores = pd.to_numeric(frame[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    if not scores.notna().any():
+        logger.warning(
+            "no trial reported a finite value of the metric %r (every last value is NaN or "
+            "infinite), so there is no best trial",
+            metric,
+        )
+        return TunerResults(results=frame, best_result=best_row, best_model=None, path=path)
+    index = scores.idxmin() if config.mode == "min" else scores.idxmax()
+    best_row = frame.loc[[index]]
+    best_id = frame.at[index, "trial_id"] if "trial_id" in frame.columns else None
+    best = next((r for r in grid if (r.metrics or {}).get("trial_id") == best_id), None)
+    checkpoint = None if best is None else best.checkpoint
+    if checkpoint is not None:
+        from mlruntime.store.model_files import load_model
 
-            with checkpoint.as_directory() as folder:
-                best_model = load_model(folder)
+        with checkpoint.as_directory() as folder:
+            best_model = load_model(folder)
     return TunerResults(results=frame, best_result=best_row, best_model=best_model, path=path)
 
 
