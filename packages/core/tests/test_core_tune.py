@@ -350,16 +350,20 @@ def test_nan_and_infinite_values_are_never_the_best(
     assert result.best_result.empty and result.best_model is None
     assert len(result.results) == 2
     assert "no trial reported a finite value of the metric 'loss'" in caplog.text
+    caplog.clear()  # all NaN: reported, not finite (not "no trial reported the metric")
+    result = tune.Tuner(diverging, {"x": [3]}, quiet(search_alg=GridSearch())).run({"data": data})
+    assert result.best_result.empty and "no trial reported a finite value" in caplog.text
 
 
 def nested() -> None:
     ctx = get_tuner_context()
     p = ctx.get_hyper_params()
     opt = p["opt"]
-    ctx.report({"loss": opt["lr"] * opt["momentum"] + len(p["layers"])})
+    assert opt["metrics"] == ["auc", "logloss"] and p["layers"] == (64, 32)
+    ctx.report({"loss": opt["lr"] * p["depth"] + len(p["layers"])})
 
 
-def test_a_nested_space_reaches_the_trial_nested_and_the_run_leaves_the_environment_as_it_was(
+def test_draws_inside_a_dict_reach_the_trial_in_place_and_the_environment_is_left_as_it_was(
     ray_cluster: None, data: DataConnector
 ) -> None:
     switches = (
@@ -368,13 +372,18 @@ def test_a_nested_space_reaches_the_trial_nested_and_the_run_leaves_the_environm
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",
     )
     before = {name: os.environ.get(name) for name in switches}
-    space = {"opt": {"lr": tune.uniform(0.1, 1), "momentum": [0.0, 0.9]}, "layers": (64, 32)}
+    space = {
+        "opt": {"lr": tune.uniform(0.1, 1), "metrics": ["auc", "logloss"]},
+        "depth": [1, 2],
+        "layers": (64, 32),
+    }
     config = quiet(search_alg=RandomSearch(random_state=0), num_trials=2)
     frame = tune.Tuner(nested, space, config).run({"data": data}).results
-    assert len(frame) == 4  # two draws times the nested grid's two values
-    assert sorted(frame["config/opt/momentum"]) == [0.0, 0.0, 0.9, 0.9]
-    assert frame["config/opt/lr"].between(0.1, 1).all()
-    assert (frame["loss"] - frame["config/opt/lr"] * frame["config/opt/momentum"] == 2).all()
+    assert len(frame) == 4  # two draws times the grid's two values
+    assert sorted(frame["config/depth"]) == [1, 1, 2, 2]
+    assert frame["config/opt/lr"].between(0.1, 1).all() and frame["config/opt/lr"].nunique() > 1
+    assert (frame["loss"] - frame["config/opt/lr"] * frame["config/depth"] == 2).all()
+    assert frame["status"].eq("TERMINATED").all()  # the trials' own checks held
     assert {name: os.environ.get(name) for name in switches} == before
 
 
@@ -391,6 +400,13 @@ def test_restore_reads_the_runs_settings_and_warns_for_older_runs(
     assert restored.config.max_concurrent_trials == 1
     settings = Path(path, tuner_module.SETTINGS_FILE)
     old = json.loads(settings.read_text())
+    # settings an earlier version stored and a TunerConfig now refuses are read as it takes
+    # them; the space passed is not the run's (Tune restores its own) and is not checked
+    earlier = {**old, "resource_per_trial": {"cpu": 1, "memory": 5e8}, "max_concurrent_trials": 1.0}
+    settings.write_text(json.dumps(earlier))
+    restored = tune.Tuner.restore(path, search_space={"x": range(3)})
+    assert restored.config.resource_per_trial == {"CPU": 1.0}
+    assert restored.config.max_concurrent_trials == 1
     assert old["hold_reports"] is True  # no scheduler: a restored run holds reports too
     del old["resource_per_trial"], old["max_concurrent_trials"]  # as runs were written before
     settings.write_text(json.dumps(old))

@@ -5,6 +5,7 @@ it runs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from typing import Any
 
@@ -26,26 +27,30 @@ def train() -> None:
     pass
 
 
-def test_a_list_is_a_grid_a_dict_a_nested_space_and_a_tuple_a_constant() -> None:
+def test_a_list_is_a_grid_and_anything_else_a_constant_with_its_draws_drawn() -> None:
     from ray import tune as ray_tune
 
     space = {
-        "layers": (64, 32),  # one sklearn hidden_layer_sizes: a constant
+        "hidden_layer_sizes": (64, 32),  # one sklearn value: a constant
         "depth": [2, 4, 6],
-        "opt": {"lr": tune.loguniform(1e-4, 1e-1), "momentum": [0.0, 0.9], "name": "sgd"},
+        # a dict is a constant whose sampling functions are drawn (Ray Tune's nesting); a
+        # list inside it stays a constant, as in Ray Tune
+        "opt": {"lr": tune.loguniform(1e-4, 1e-1), "metrics": ["auc", "logloss"], "name": "sgd"},
+        "class_weight": {0: 1.0, 1: 5.0},  # scikit-learn's: keys are not names
         "seed": 7,
     }
     converted = to_tune_space(space, "grid")
-    assert converted["layers"] == (64, 32) and converted["seed"] == 7
+    assert converted["hidden_layer_sizes"] == (64, 32) and converted["seed"] == 7
     assert converted["depth"] == ray_tune.grid_search([2, 4, 6])
     assert isinstance(converted["opt"]["lr"], ray_tune.search.sample.Float)
-    assert converted["opt"]["momentum"] == ray_tune.grid_search([0.0, 0.9])
-    assert converted["opt"]["name"] == "sgd"
-    assert grid_size(space) == 6  # the nested list counts
+    assert converted["opt"]["metrics"] == ["auc", "logloss"] and converted["opt"]["name"] == "sgd"
+    assert converted["class_weight"] is space["class_weight"]  # nothing drawn: as it is
+    assert grid_size(space) == 3
     as_choices = to_tune_space(space, "choice")  # BayesOpt: lists are choices
-    assert isinstance(as_choices["opt"]["momentum"], ray_tune.search.sample.Categorical)
+    assert isinstance(as_choices["depth"], ray_tune.search.sample.Categorical)
+    assert as_choices["opt"]["metrics"] == ["auc", "logloss"]
     tuner = tune.Tuner(train, space, config(search_alg=GridSearch()))
-    assert tuner._trial_count() == 6
+    assert tuner._trial_count() == 3
 
 
 @pytest.mark.parametrize(
@@ -59,17 +64,24 @@ def test_a_list_is_a_grid_a_dict_a_nested_space_and_a_tuple_a_constant() -> None
     ],
 )
 def test_ambiguous_values_are_refused_before_anything_starts(value: Any, kind: str) -> None:
-    with pytest.raises(ConfigError, match=rf"'outer/x': a {kind} is neither a grid nor a constant"):
-        tune.Tuner(train, {"outer": {"x": value}}, config())
+    with pytest.raises(ConfigError, match=rf"'x': a {kind} is neither a grid nor a constant"):
+        tune.Tuner(train, {"x": value}, config())
     with pytest.raises(ConfigError, match=rf"a {kind} is neither a choice"):
         check_space({"x": value}, "choice")
+    check_space({"x": {"inside": value}})  # inside a dict: a constant, as in Ray Tune
 
 
 def test_bad_spaces_are_refused_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="an empty list"):
-        tune.Tuner(train, {"opt": {"lr": []}}, config())
-    with pytest.raises(ConfigError, match="names must be strings"):
-        tune.Tuner(train, {"opt": {1: 2}}, config())
+        tune.Tuner(train, {"lr": []}, config())
+    with pytest.raises(ConfigError, match="names must be strings without '/', got 1"):
+        tune.Tuner(train, {1: 2}, config())  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="names must be strings without '/', got 'opt/lr'"):
+        tune.Tuner(train, {"opt/lr": tune.uniform(0, 1)}, config())
+    with pytest.raises(ConfigError, match=r"'opt/1': a sampling function's name must be"):
+        tune.Tuner(train, {"opt": {1: tune.uniform(0, 1)}}, config())
+    with pytest.raises(ConfigError, match=r"'a/b/c': names leading to a sampling function"):
+        tune.Tuner(train, {"a": {"b/c": {"d": tune.uniform(0, 1)}}}, config())
     with pytest.raises(ConfigError, match="search_space must be a dict"):
         tune.Tuner(train, [("x", 1)], config())  # type: ignore[arg-type]
     # numpy scalars (bounds computed with numpy) are numbers like any other
@@ -78,8 +90,9 @@ def test_bad_spaces_are_refused_before_anything_starts() -> None:
     assert tune.loguniform(np.float64(1e-3), 1).lower == 1e-3
     with pytest.raises(ConfigError, match="randint lower must be an integer"):
         tune.randint(1.5, 5)
-    with pytest.raises(ConfigError, match="finite number"):
-        tune.uniform(0, float("inf"))
+    for too_far in (float("inf"), 10**400, "2"):
+        with pytest.raises(ConfigError, match="upper must be a finite number"):
+            tune.uniform(0, too_far)  # type: ignore[arg-type]
 
 
 def test_bayes_opt_without_optuna_is_refused_before_anything_starts(
@@ -101,12 +114,18 @@ def test_the_settings_are_checked_when_made() -> None:
     made = config(num_trials=np.int64(3), max_concurrent_trials=np.int32(2), scheduler="ASHA")
     assert (made.num_trials, made.max_concurrent_trials, made.scheduler) == (3, 2, "asha")
     assert type(made.num_trials) is int
-    assert config(resource_per_trial={"cpu": 2, "GPU": np.float32(0.5)}).resource_per_trial
+    # keys in any case, numpy numbers: stored as Ray takes them (and as the run's settings
+    # file holds them: JSON)
+    resources = config(resource_per_trial={"cpu": np.int64(2), "GPU": np.float32(0.5)})
+    assert resources.resource_per_trial == {"CPU": 2.0, "GPU": 0.5}
+    assert json.dumps(resources.resource_per_trial) == '{"CPU": 2.0, "GPU": 0.5}'
     bad: list[tuple[dict[str, Any], str]] = [
         ({"resource_per_trial": {"cpus": 4}}, "a trial asks for 'CPU' and 'GPU', got 'cpus'"),
         ({"resource_per_trial": {"memory": 4e9}}, "got 'memory'"),
         ({"resource_per_trial": {"CPU": float("nan")}}, r"resource_per_trial\['CPU'\] must be"),
         ({"resource_per_trial": {"CPU": -1}}, r"must be >= 0"),
+        ({"resource_per_trial": {"CPU": 10**400}}, r"must be >= 0"),
+        ({"resource_per_trial": {"cpu": 1, "CPU": 2}}, "names CPU twice"),
         ({"resource_per_trial": [1]}, "resource_per_trial must be a dict"),
         ({"max_concurrent_trials": 2.5}, "max_concurrent_trials must be a positive integer"),
         ({"max_concurrent_trials": True}, "max_concurrent_trials must be a positive integer"),

@@ -1,10 +1,12 @@
 """Search spaces: Snowflake's sampling functions, turned into Ray Tune's.
 
 A value of a search space is a sampling function (``uniform``, ``loguniform``, ``randint``,
-``choice``), a list (a grid: every value is tried; a ``choice`` for ``BayesOpt``), a dict (a
-nested space: the trial gets a dict of the same shape) or anything else, a tuple included, as
-a constant. A ``range``, a set or a numpy array is refused (is it a grid or a constant?): pass
-``list(...)`` for a grid.
+``choice``), a list (a grid: every value is tried; a ``choice`` for ``BayesOpt``) or anything
+else, a tuple included, as a constant. A dict is a constant too, except that the sampling
+functions inside it (at any depth) are drawn for each trial, as Ray Tune draws its own inside
+``param_space``; a list inside a dict stays a constant (``{"eval_metric": ["auc", "logloss"]}``).
+A ``range``, a set, a numpy array or an iterator at the top is refused (is it a grid or a
+constant?): pass ``list(...)`` for a grid or a one-value list ``[value]`` for a constant.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ def _number(value: Any, what: str) -> float:
     Raises:
         ConfigError: Unless it is a finite real number (not a bool).
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-    ):
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(number):
         raise ConfigError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _integer(value: Any, what: str) -> int:
@@ -179,35 +181,60 @@ def choice(options: list[Any]) -> Choice:
     return Choice(tuple(options))
 
 
-def check_space(space: Any, lists: str = "grid", path: str = "") -> None:
+def check_space(space: Any, lists: str = "grid") -> None:
     """Check a search space before anything starts (no Ray needed).
 
     Args:
-        space: Name -> sampling function, list, nested dict or constant.
+        space: Name -> sampling function, list or constant (see the module's docstring).
         lists: What a list becomes: ``"grid"`` or ``"choice"``.
-        path: Where ``space`` sits in the whole space (for messages).
 
     Raises:
-        ConfigError: For a space that is not a dict, a name that is not a string, an empty
-            list, or a ``range``, set, numpy array or iterator (say ``list(...)`` for a grid).
+        ConfigError: For a space that is not a dict, a name that is not a string or holds a
+            ``/`` (Ray Tune's separator of nested names: ``a/b`` is ``{"a": {"b": ...}}``),
+            an empty list, or a ``range``, set, numpy array or iterator.
     """
     if not isinstance(space, dict):
         raise ConfigError(f"search_space must be a dict, got {type(space).__name__}")
     for name, value in space.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"search space names must be strings, got {name!r}")
-        where = f"{path}{name}"
-        if isinstance(value, dict):
-            check_space(value, lists, f"{where}/")
-        elif isinstance(value, list):
+        if not isinstance(name, str) or "/" in name:
+            raise ConfigError(f"search space names must be strings without '/', got {name!r}")
+        if isinstance(value, list):
             if not value:
-                raise ConfigError(f"search space {where!r}: an empty list has nothing to try")
+                raise ConfigError(f"search space {name!r}: an empty list has nothing to try")
         elif isinstance(value, (range, set, frozenset)) or _is_array_or_iterator(value):
             kind = "a grid" if lists == "grid" else "a choice"
             raise ConfigError(
-                f"search space {where!r}: a {type(value).__name__} is neither {kind} nor a "
-                f"constant here: pass list(...) for {kind}, or tuple(...) for a constant"
+                f"search space {name!r}: a {type(value).__name__} is neither {kind} nor a "
+                f"constant here: pass list(...) for {kind}, or a one-value list [value] for a "
+                "constant"
             )
+        elif isinstance(value, dict):
+            _check_drawn_names(value, f"{name}/")
+
+
+def _check_drawn_names(value: dict[Any, Any], path: str) -> None:
+    """Refuse a key that is not a string, or holds a ``/``, on the way to a sampling function
+    inside a constant dict (Ray Tune names it by its path)."""
+    for key, item in value.items():
+        if isinstance(item, dict):
+            if _draws(item) and (not isinstance(key, str) or "/" in key):
+                raise ConfigError(
+                    f"search space {path + str(key)!r}: names leading to a sampling function "
+                    "must be strings without '/'"
+                )
+            _check_drawn_names(item, f"{path}{key}/")
+        elif isinstance(item, SamplingFunction) and (not isinstance(key, str) or "/" in key):
+            raise ConfigError(
+                f"search space {path + str(key)!r}: a sampling function's name must be a string "
+                "without '/'"
+            )
+
+
+def _draws(value: Any) -> bool:
+    """Whether ``value`` is or holds (in dicts, at any depth) a sampling function."""
+    if isinstance(value, SamplingFunction):
+        return True
+    return isinstance(value, dict) and any(_draws(item) for item in value.values())
 
 
 def _is_array_or_iterator(value: Any) -> bool:
@@ -219,12 +246,10 @@ def _is_array_or_iterator(value: Any) -> bool:
 
 
 def grid_size(space: dict[str, Any]) -> int:
-    """The combinations a grid over ``space``'s lists makes (nested dicts' lists included)."""
+    """The combinations a grid over ``space``'s lists makes."""
     size = 1
     for value in space.values():
-        if isinstance(value, dict):
-            size *= grid_size(value)
-        elif isinstance(value, list):
+        if isinstance(value, list):
             size *= max(1, len(value))
     return size
 
@@ -233,27 +258,28 @@ def to_tune_space(space: dict[str, Any], lists: str) -> dict[str, Any]:
     """The Ray Tune ``param_space`` of a search space.
 
     Args:
-        space: Name -> sampling function, list, nested dict or constant.
+        space: Name -> sampling function, list or constant.
         lists: What a list becomes: ``"grid"`` (every value tried) or ``"choice"``.
 
     Raises:
         ConfigError: As :func:`check_space`.
     """
-    check_space(space, lists)
-    return _to_tune(space, lists)
-
-
-def _to_tune(space: dict[str, Any], lists: str) -> dict[str, Any]:
     from ray import tune
 
+    check_space(space, lists)
     out: dict[str, Any] = {}
     for name, value in space.items():
-        if isinstance(value, SamplingFunction):
-            out[name] = value.to_tune()
-        elif isinstance(value, dict):
-            out[name] = _to_tune(value, lists)
-        elif isinstance(value, list):
+        if isinstance(value, list):
             out[name] = tune.grid_search(list(value)) if lists == "grid" else tune.choice(value)
         else:
-            out[name] = value
+            out[name] = _drawn(value)
     return out
+
+
+def _drawn(value: Any) -> Any:
+    """``value`` with its sampling functions (itself, or inside dicts) as Ray Tune's."""
+    if isinstance(value, SamplingFunction):
+        return value.to_tune()
+    if isinstance(value, dict) and _draws(value):
+        return {key: _drawn(item) for key, item in value.items()}
+    return value

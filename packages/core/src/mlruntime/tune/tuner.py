@@ -117,23 +117,7 @@ class TunerConfig:
                 self.max_concurrent_trials, "max_concurrent_trials"
             )
         if self.resource_per_trial is not None:
-            if not isinstance(self.resource_per_trial, dict):
-                raise ConfigError(
-                    "resource_per_trial must be a dict such as {'CPU': 1, 'GPU': 1}, got "
-                    f"{type(self.resource_per_trial).__name__}"
-                )
-            for key, value in self.resource_per_trial.items():
-                if not isinstance(key, str) or key.upper() not in ("CPU", "GPU"):
-                    raise ConfigError(
-                        f"resource_per_trial: a trial asks for 'CPU' and 'GPU', got {key!r}"
-                    )
-                if (
-                    isinstance(value, bool)
-                    or not isinstance(value, numbers.Real)
-                    or not math.isfinite(float(value))
-                    or value < 0
-                ):
-                    raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
+            self.resource_per_trial = _resources(self.resource_per_trial)
         if self.uses_snowflake_trainer is not None and not isinstance(
             self.uses_snowflake_trainer, bool
         ):
@@ -163,6 +147,44 @@ class TunerConfig:
             or any(sep in self.name for sep in ("/", "\\"))
         ):
             raise ConfigError(f"name must be a folder name (no path separators), got {self.name!r}")
+
+
+def _resources(asked: Any) -> dict[str, float]:
+    """``resource_per_trial`` as ``{"CPU": float, "GPU": float}`` (keys in any case, values
+    numpy's numbers too).
+
+    Raises:
+        ConfigError: For a non-dict, a key other than CPU or GPU (or one given twice in two
+            cases), or a value that is not a finite number >= 0.
+    """
+    if not isinstance(asked, dict):
+        raise ConfigError(
+            "resource_per_trial must be a dict such as {'CPU': 1, 'GPU': 1}, got "
+            f"{type(asked).__name__}"
+        )
+    resources: dict[str, float] = {}
+    for key, value in asked.items():
+        if not isinstance(key, str) or key.upper() not in ("CPU", "GPU"):
+            raise ConfigError(f"resource_per_trial: a trial asks for 'CPU' and 'GPU', got {key!r}")
+        if key.upper() in resources:
+            raise ConfigError(f"resource_per_trial names {key.upper()} twice")
+        number = _finite(value)
+        if number is None or number < 0:
+            raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
+        resources[key.upper()] = number
+    return resources
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float (numpy's numbers too), or ``None`` if it is not one (a
+    bool, NaN, infinite, too large for a float, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -488,12 +510,13 @@ class Tuner:
         train_func: A function of no arguments; it calls ``get_tuner_context()`` for its
             hyper-parameters and datasets and reports with ``report(metrics, model=None)``.
         search_space: Name -> sampling function (``uniform`` ...), list (a grid; a choice
-            for ``BayesOpt``), nested dict (a nested space) or constant (a tuple included).
+            for ``BayesOpt``) or constant (a tuple included; a dict's sampling functions are
+            drawn, :mod:`mlruntime.tune.space`).
         tuner_config: The metric, mode, search algorithm and limits.
 
     Raises:
         ConfigError: For a train_func that is not callable, a search space that is not a
-            dict or holds an empty list, a ``range``, a set or an array
+            dict or holds an empty list, a ``range``, a set, an array or a name with ``/``
             (:func:`mlruntime.tune.space.check_space`), or a search algorithm whose package
             is missing (``BayesOpt`` without optuna).
     """
@@ -584,16 +607,24 @@ class Tuner:
                     "to keep what the run used",
                     path,
                 )
+            resources = saved.get("resource_per_trial")
+            if isinstance(resources, dict):  # as TunerConfig takes them (older runs: any)
+                resources = {k: v for k, v in resources.items() if str(k).upper() in ("CPU", "GPU")}
+            at_once = saved.get("max_concurrent_trials")
+            if isinstance(at_once, float) and at_once.is_integer():
+                at_once = int(at_once)
             tuner_config = TunerConfig(
                 metric=saved["metric"],
                 mode=saved["mode"],
                 verbose=saved["verbose"],
                 # each trial Tune makes after the restore takes the trainable's reservation
-                resource_per_trial=saved.get("resource_per_trial"),
-                max_concurrent_trials=saved.get("max_concurrent_trials"),
+                resource_per_trial=resources,
+                max_concurrent_trials=at_once,
             )
         assert train_func is not None  # loaded above when not given
-        tuner = cls(train_func, search_space or {}, tuner_config)
+        # the search space is Tune's, restored with the run: the one passed is not checked
+        tuner = cls(train_func, {}, tuner_config)
+        tuner.search_space = search_space or {}
         tuner._restore_path = path
         # what the run was started with (Tune restores its concurrency, whatever this says)
         tuner._saved = saved
@@ -1133,7 +1164,7 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
     best_model = None
     best_row = frame.iloc[0:0]
     metric = config.metric
-    if metric not in frame.columns or not frame[metric].notna().any():
+    if metric not in frame.columns:  # Tune's frame has a column for each reported key
         logger.warning(
             "no trial reported the metric %r, so there is no best trial: train_func must call "
             "get_tuner_context().report({%r: value, ...})",
@@ -1144,8 +1175,8 @@ def _results(grid: Any, path: str, config: TunerConfig) -> TunerResults:
     scores = pd.to_numeric(frame[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
     if not scores.notna().any():
         logger.warning(
-            "no trial reported a finite value of the metric %r (every last value is NaN or "
-            "infinite), so there is no best trial",
+            "no trial reported a finite value of the metric %r (every last value is NaN, "
+            "infinite or missing), so there is no best trial",
             metric,
         )
         return TunerResults(results=frame, best_result=best_row, best_model=None, path=path)
