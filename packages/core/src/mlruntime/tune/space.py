@@ -42,17 +42,26 @@ class SamplingFunction:
         raise NotImplementedError
 
 
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float (numpy's numbers too), or ``None`` if it is not one (a
+    bool, NaN, infinite, too large for a float, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(value: Any, what: str) -> float:
-    """``value`` as a float (numpy's numbers too).
+    """``value`` as a float (:func:`finite_number`).
 
     Raises:
         ConfigError: Unless it is a finite real number (not a bool).
     """
-    try:
-        number = float(value)
-    except (OverflowError, TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(number):
+    number = finite_number(value)
+    if number is None:
         raise ConfigError(f"{what} must be a finite number, got {value!r}")
     return number
 

@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import math
 import numbers
 import os
 import shutil
@@ -32,7 +31,7 @@ from typing import Any
 from mlruntime.errors import ConfigError, NotInWorkerError, ResourceError
 from mlruntime.tune.progress import progress_callback
 from mlruntime.tune.search import RandomSearch, SearchAlgorithm
-from mlruntime.tune.space import check_space, grid_size, to_tune_space
+from mlruntime.tune.space import check_space, finite_number, grid_size, to_tune_space
 
 __all__ = [
     "ReportError",
@@ -168,23 +167,11 @@ def _resources(asked: Any) -> dict[str, float]:
             raise ConfigError(f"resource_per_trial: a trial asks for 'CPU' and 'GPU', got {key!r}")
         if key.upper() in resources:
             raise ConfigError(f"resource_per_trial names {key.upper()} twice")
-        number = _finite(value)
+        number = finite_number(value)
         if number is None or number < 0:
             raise ConfigError(f"resource_per_trial[{key!r}] must be >= 0, got {value!r}")
         resources[key.upper()] = number
     return resources
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a finite float (numpy's numbers too), or ``None`` if it is not one (a
-    bool, NaN, infinite, too large for a float, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _positive_int(value: Any, what: str) -> int:
