@@ -432,6 +432,53 @@ def report_nothing() -> None:
     pass
 
 
+def test_a_train_func_too_large_to_store_leaves_no_earlier_one_behind(
+    ray_cluster: None, data: DataConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an earlier run of the same name stored its function: a restore would have run it
+    name = f"reused-{os.getpid()}-{time.time_ns()}"
+    folder = Path(storage.join(storage.storage_uri(), "tune", name))
+    folder.mkdir(parents=True)
+    (folder / tuner_module.TRAIN_FUNC_FILE).write_bytes(b"an earlier run's function")
+    monkeypatch.setattr(tuner_module, "TRAIN_FUNC_MAX_BYTES", 1)
+    config = quiet(search_alg=GridSearch(), name=name)
+    path = tune.Tuner(quadratic, {"x": [2]}, config).run({"data": data}).path
+    assert Path(path) == folder and not (folder / tuner_module.TRAIN_FUNC_FILE).exists()
+    with pytest.raises(ConfigError, match="stored no train_func: pass it"):
+        tune.Tuner.restore(path)
+
+
+def report_tensors() -> None:
+    import torch
+
+    ctx = get_tuner_context()
+    x = ctx.get_hyper_params()["x"]
+    for step in range(2):  # held reports: each goes with the next, the last ends the trial
+        ctx.report({"loss": torch.tensor(float(x)), "eval": {"acc": torch.tensor([0.5 + step])}})
+    if x == 2:
+        ctx.report({"loss": 0.0, "hist": torch.zeros(3)})
+
+
+def test_tensors_of_one_element_are_reported_as_numbers_and_larger_ones_refused_at_once(
+    ray_cluster: None, data: DataConnector
+) -> None:
+    pytest.importorskip("torch")
+    # Ray Tune refuses tensors in metrics; a held report failed only at the trial's next
+    # report or its end, the finished trial marked failed and its last report lost
+    result = tune.Tuner(report_tensors, {"x": [1]}, quiet(search_alg=GridSearch())).run(
+        {"data": data}
+    )
+    row = result.results.iloc[0]
+    assert (row["status"], row["loss"], row["eval/acc"], row["training_iteration"]) == (
+        "TERMINATED",
+        1.0,
+        1.5,
+        2,
+    )
+    with pytest.raises(tune.ReportError, match=r"'hist' as a PyTorch tensor of shape \(3,\)"):
+        tune.Tuner(report_tensors, {"x": [2]}, quiet(search_alg=GridSearch())).run({"data": data})
+
+
 def test_bad_reports_end_the_run_at_once_with_the_fix_named(
     ray_cluster: None, tmp_path: Path
 ) -> None:
@@ -836,6 +883,11 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs(
 
         SomeEstimator().fit()
 
+    def legacy_trainer_not_imported() -> None:  # Snowflake's legacy PyTorchTrainer name
+        from mlruntime_not_installed import PyTorchTrainer  # type: ignore[import-not-found]
+
+        PyTorchTrainer(os.getpid).run()
+
     def other_plugin_names() -> None:
         from mlruntime_not_installed import to_dataset  # type: ignore[import-not-found]
 
@@ -846,6 +898,7 @@ def test_detection_finds_estimators_and_distributors_in_train_funcs(
     assert not starts_jobs(other_plugin_names)
     assert starts_jobs(module_imported_inside)
     assert starts_jobs(plugin_not_imported)
+    assert starts_jobs(legacy_trainer_not_imported)
     for func in (by_module, by_class, by_instance, one_worker_job, helper_of_helper):
         assert starts_jobs(func), func.__name__
     assert starts_jobs(by_lambda_inside)

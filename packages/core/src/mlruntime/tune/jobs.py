@@ -45,9 +45,10 @@ def starts_jobs(func: Any, depth: int = DEPTH) -> bool:
     return _uses(func, (Distributor, GBDTEstimator), depth, {})
 
 
-LAUNCHER_SUFFIXES = ("Estimator", "Distributor")
-"""What the names of mlruntime's job-starting classes end with: an ``mlruntime`` module not
-imported yet is not imported to look (a plugin's may import its framework); the name says."""
+LAUNCHER_SUFFIXES = ("Estimator", "Distributor", "Trainer")
+"""What the names of mlruntime's job-starting classes end with (``PyTorchTrainer``: Snowflake's
+legacy name of ``PyTorchDistributor``): an ``mlruntime`` module not imported yet is not
+imported to look (a plugin's may import its framework); the name says."""
 
 
 def _uses(func: Any, kinds: tuple[type, ...], depth: int, seen: dict[Any, Any]) -> bool:

@@ -222,7 +222,8 @@ class TunerContext:
         modules, scikit-learn estimators) are pickled, so load only your own results.
 
         Every report must hold the run's metric (``TunerConfig.metric``) as a number: Tune
-        compares trials and stops them early on it.
+        compares trials and stops them early on it. A PyTorch tensor of one element, as any
+        value, is taken as its number (Ray Tune refuses tensors).
 
         Without a scheduler (``TunerConfig.scheduler=None``) a report reaches Tune with the
         trial's next one, or when ``train_func`` returns: the last then ends the trial at once
@@ -232,13 +233,15 @@ class TunerContext:
 
         Raises:
             ConfigError: If ``metrics`` is not a dict, or lacks the run's metric or holds it as
-                something other than a number (the run stops: every trial would fail alike).
+                something other than a number, or holds a PyTorch tensor of several elements
+                (the run stops: every trial would fail alike).
         """
         if not isinstance(metrics, dict):
             raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
         metrics = dict(metrics)
         if self._metric is not None:
             metrics = _checked_metrics(metrics, self._metric, self._require_metric)
+        metrics = _without_tensors(metrics)
         self.reports += 1
         folder = None
         if model is not None:
@@ -363,6 +366,47 @@ def _flat_paths(metrics: dict[Any, Any]) -> dict[str, tuple[Any, ...]]:
                 paths[name] = path
         level = deeper
     return paths
+
+
+def _without_tensors(value: Any, where: str = "") -> Any:
+    """``value`` (the reported metrics) with each PyTorch tensor of one element, at any depth
+    of its dicts, lists and tuples, as a Python number: Ray Tune refuses tensors in metrics,
+    and a held report (``TunerContext.report``) would only fail at the trial's next report or
+    its end, its last report lost.
+
+    Raises:
+        ReportError: For a tensor of several elements (named by its key).
+    """
+    if isinstance(value, dict):
+        if not any(_holds_tensor(item) for item in value.values()):
+            return value
+        return {k: _without_tensors(v, f"{where}{k}/") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if not any(_holds_tensor(item) for item in value):
+            return value
+        items = [_without_tensors(v, f"{where}{i}/") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if _is_tensor(value):
+        if value.numel() != 1:
+            raise ReportError(
+                f"report() got {where.rstrip('/')!r} as a PyTorch tensor of shape "
+                f"{tuple(value.shape)}: report numbers (tensor.item()) or lists (.tolist())"
+            )
+        return value.item()
+    return value
+
+
+def _is_tensor(value: Any) -> bool:
+    """A PyTorch tensor (told without importing torch)."""
+    return type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "numel")
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_tensor(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(item) for item in value)
+    return _is_tensor(value)
 
 
 def _with_value(metrics: dict[Any, Any], path: tuple[Any, ...], value: Any) -> dict[Any, Any]:
@@ -732,6 +776,10 @@ class Tuner:
                     if len(pickled_func) <= TRAIN_FUNC_MAX_BYTES:
                         storage.write_bytes(storage.join(path, TRAIN_FUNC_FILE), pickled_func)
                     else:
+                        try:  # an earlier run's of the same name would be restored instead
+                            storage.remove(storage.join(path, TRAIN_FUNC_FILE))
+                        except OSError:
+                            pass
                         logger.warning(
                             "train_func pickles to %d MB (data it captured): not stored with "
                             "the run, so Tuner.restore(path, train_func) needs it passed",
