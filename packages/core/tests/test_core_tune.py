@@ -712,6 +712,14 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
         [sys.executable, str(script), "start", str(marks)], env=env, start_new_session=True
     )
     deadline = time.monotonic() + 240
+    while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # while its driver runs it, a restore is refused before anything starts: it would remove
+    # the datasets staged for that driver's trials and run the same trials beside them
+    path = str(tmp_path / "home" / "tune" / "restorable")
+    data = DataConnector.from_dataframe(pd.DataFrame({"a": range(7)}))
+    with pytest.raises(ConfigError, match=r"is still running \(another driver saved its state"):
+        tune.Tuner.restore(path).run({"data": data})
     while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1.2)  # the run's state is saved every second; the third trial still runs

@@ -174,6 +174,52 @@ def _resources(asked: Any) -> dict[str, float]:
     return resources
 
 
+RUNNING_CHECK_S = 2.5
+"""How long a restore watches a run saved in the last minute for another save: a driver still
+running it saves its state every second (``TUNE_GLOBAL_CHECKPOINT_S``)."""
+
+
+def _refuse_if_running(path: str) -> None:
+    """Refuse to restore a run another driver still runs: the restore would remove the
+    datasets that driver staged for its trials, and both would run the same trials into the
+    same folder. A run whose state was saved in the last minute is watched for
+    :data:`RUNNING_CHECK_S` s (the clocks of two machines are not compared: only whether the
+    state is saved again).
+
+    Raises:
+        ConfigError: If the run's state is saved again meanwhile.
+    """
+    first = _last_state_save(path)
+    if first is None or abs(time.time() - first[1]) > 60:
+        return
+    time.sleep(RUNNING_CHECK_S)
+    second = _last_state_save(path)
+    if second is not None and second != first:
+        raise ConfigError(
+            f"the run at {path!r} is still running (another driver saved its state "
+            f"{RUNNING_CHECK_S:g} s ago): stop that driver first, then Tuner.restore(path)"
+        )
+
+
+def _last_state_save(path: str) -> tuple[str, float] | None:
+    """The newest of Ray Tune's state files of the run at ``path`` (name, modified time)."""
+    import pyarrow.fs as pafs
+
+    from mlruntime.store import storage
+
+    try:
+        fs, folder = storage.resolve(path)
+        found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return None
+    states = [
+        (info.base_name, info.mtime.timestamp())
+        for info in found
+        if info.base_name.startswith("experiment_state") and info.mtime is not None
+    ]
+    return max(states, key=lambda state: state[1]) if states else None
+
+
 def _positive_int(value: Any, what: str) -> int:
     """``value`` as an int (numpy's integers too).
 
@@ -671,8 +717,8 @@ class Tuner:
             The :class:`TunerResults`.
 
         Raises:
-            ConfigError: For a train_func that cannot be sent to workers, or datasets that
-                are not DataConnectors.
+            ConfigError: For a train_func that cannot be sent to workers, datasets that are
+                not DataConnectors, or a restored run that another driver still runs.
             ResourceError: If one trial's resources exceed every node (before any trial
                 starts).
         """
@@ -696,6 +742,8 @@ class Tuner:
                 f"the restored run read the dataset(s) {missing} from its dataset_map: pass "
                 "run() the same dataset_map again (datasets are not stored with the run)"
             )
+        if self._restore_path is not None:
+            _refuse_if_running(self._restore_path)
         init()
         nodes = get_nodes()
         config = self.config
