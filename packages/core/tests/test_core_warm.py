@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,13 +163,12 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(240)
-def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "warm_probe.py").write_text("import time\nIMPORTED_AT = time.time()\n")
-    script = tmp_path / "warm_script.py"
-    script.write_text(_SCRIPT)
+def _run_on_a_fresh_ray(tmp_path: Path, script: str, probe: str, timeout: float) -> Any:
+    """Run ``script`` (it starts its own embedded Ray) in a fresh process, with ``probe`` as
+    the importable module ``warm_probe``, and return what its ``RESULT`` line holds (JSON)."""
+    (tmp_path / "warm_probe.py").write_text(probe)
+    path = tmp_path / "driver_script.py"
+    path.write_text(script)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).strip(
         os.pathsep
@@ -176,7 +176,15 @@ def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
     env["MLRUNTIME_HOME"] = str(tmp_path / "home")
     env.pop("MLRUNTIME_ADDRESS", None)
     env.pop("RAY_ADDRESS", None)
-    out = json.loads(run_for_result([sys.executable, str(script)], env, 220))
+    return json.loads(run_for_result([sys.executable, str(path)], env, timeout))
+
+
+@pytest.mark.timeout(240)
+def test_workers_start_warm_with_preloaded_modules_and_the_pool_is_topped_up(
+    tmp_path: Path,
+) -> None:
+    probe = "import time\nIMPORTED_AT = time.time()\n"
+    out = _run_on_a_fresh_ray(tmp_path, _SCRIPT, probe, 220)
 
     assert "ray start" in out["cluster_refused"]  # preload is for the Ray mlruntime starts
     # the driver's serialization context is built after init, before the first job needs it
@@ -228,17 +236,8 @@ def test_the_trial_imports_build_a_workers_serialization_context_while_it_waits(
     """Ray builds a process's serialization context when it first reads an object reference
     (a Ray Tune trial actor's class holds one): 3 ms of a run's first trials, unless the idle
     worker built it while it waited."""
-    (tmp_path / "warm_probe.py").write_text(
+    probe = (
         "from ray._private.worker import global_worker\n"
         "SERIALIZATION_READY = bool(global_worker.serialization_context_map)\n"
     )
-    script = tmp_path / "trial_imports.py"
-    script.write_text(_TRIAL_IMPORTS_SCRIPT)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).strip(
-        os.pathsep
-    )
-    env["MLRUNTIME_HOME"] = str(tmp_path / "home")
-    env.pop("MLRUNTIME_ADDRESS", None)
-    env.pop("RAY_ADDRESS", None)
-    assert json.loads(run_for_result([sys.executable, str(script)], env, 160)) is True
+    assert _run_on_a_fresh_ray(tmp_path, _TRIAL_IMPORTS_SCRIPT, probe, 160) is True

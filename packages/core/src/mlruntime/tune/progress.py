@@ -75,7 +75,7 @@ class Progress:
         if math.isnan(value):  # never the best
             return False
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
-            self.best = float(value)
+            self.best = value
             return True
         return False
 

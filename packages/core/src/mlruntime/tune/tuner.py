@@ -148,6 +148,10 @@ class TunerConfig:
             raise ConfigError(f"name must be a folder name (no path separators), got {self.name!r}")
 
 
+TRIAL_RESOURCES = ("CPU", "GPU")
+"""The resources a trial asks for in ``resource_per_trial`` (keys in any case)."""
+
+
 def _resources(asked: Any) -> dict[str, float]:
     """``resource_per_trial`` as ``{"CPU": float, "GPU": float}`` (keys in any case, values
     numpy's numbers too).
@@ -163,7 +167,7 @@ def _resources(asked: Any) -> dict[str, float]:
         )
     resources: dict[str, float] = {}
     for key, value in asked.items():
-        if not isinstance(key, str) or key.upper() not in ("CPU", "GPU"):
+        if not isinstance(key, str) or key.upper() not in TRIAL_RESOURCES:
             raise ConfigError(f"resource_per_trial: a trial asks for 'CPU' and 'GPU', got {key!r}")
         if key.upper() in resources:
             raise ConfigError(f"resource_per_trial names {key.upper()} twice")
@@ -418,19 +422,18 @@ def _without_tensors(value: Any, where: str = "") -> Any:
     """``value`` (the reported metrics) with each PyTorch tensor of one element, at any depth
     of its dicts, lists and tuples, as a Python number: Ray Tune refuses tensors in metrics,
     and a held report (``TunerContext.report``) would only fail at the trial's next report or
-    its end, its last report lost.
+    its end, its last report lost. A dict, list or tuple holding no tensor comes back as it is.
 
     Raises:
         ReportError: For a tensor of several elements (named by its key).
     """
     if isinstance(value, dict):
-        if not any(_holds_tensor(item) for item in value.values()):
-            return value
-        return {k: _without_tensors(v, f"{where}{k}/") for k, v in value.items()}
+        converted = {k: _without_tensors(v, f"{where}{k}/") for k, v in value.items()}
+        return value if all(converted[k] is v for k, v in value.items()) else converted
     if isinstance(value, (list, tuple)):
-        if not any(_holds_tensor(item) for item in value):
-            return value
         items = [_without_tensors(v, f"{where}{i}/") for i, v in enumerate(value)]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
         return items if isinstance(value, list) else tuple(items)
     if _is_tensor(value):
         if value.numel() != 1:
@@ -445,14 +448,6 @@ def _without_tensors(value: Any, where: str = "") -> Any:
 def _is_tensor(value: Any) -> bool:
     """A PyTorch tensor (told without importing torch)."""
     return type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "numel")
-
-
-def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_holds_tensor(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_tensor(item) for item in value)
-    return _is_tensor(value)
 
 
 def _with_value(metrics: dict[Any, Any], path: tuple[Any, ...], value: Any) -> dict[Any, Any]:
@@ -686,7 +681,9 @@ class Tuner:
                 )
             resources = saved.get("resource_per_trial")
             if isinstance(resources, dict):  # as TunerConfig takes them (older runs: any)
-                resources = {k: v for k, v in resources.items() if str(k).upper() in ("CPU", "GPU")}
+                resources = {
+                    k: v for k, v in resources.items() if str(k).upper() in TRIAL_RESOURCES
+                }
             at_once = saved.get("max_concurrent_trials")
             if isinstance(at_once, float) and at_once.is_integer():
                 at_once = int(at_once)
