@@ -720,9 +720,15 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     data = DataConnector.from_dataframe(pd.DataFrame({"a": range(7)}))
     with pytest.raises(ConfigError, match=r"is still running \(another driver saved its state"):
         tune.Tuner.restore(path).run({"data": data})
-    while len(list(marks.iterdir())) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.2)  # the run's state is saved every second; the third trial still runs
+    # the kill comes halfway through a trial (each sleeps 1.5 s), the third or a later one:
+    # the one before it ended 0.75 s earlier, within Tune's 1-s period of saving the run's
+    # state, and is saved as finished as it ended (it ran over a second)
+    while time.monotonic() < deadline:
+        started = [float(p.name.split("-")[-1]) for p in marks.iterdir()]
+        if 3 <= len(started) < 6 and time.time() < max(started) + 0.75:
+            time.sleep(max(started) + 0.75 - time.time())
+            break
+        time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once
     driver.wait()
     started_before = {p.name.split("-")[1] for p in marks.iterdir()}
@@ -1180,6 +1186,46 @@ def test_the_schedulers_leave_pending_trials_to_tune_until_one_waits_too_long(
         controller.trials.append(d)
         copy.on_trial_add(controller, d)
         assert copy.choose_trial_to_run(controller) is None
+
+
+class _StateManager:
+    def __init__(self) -> None:
+        self._last_save_time = float("-inf")
+
+
+def test_a_trial_that_ran_a_second_makes_the_runs_state_save_as_it_ends_unless_too_costly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Tune saves at the end of a step unless it saved within its period: the scheduler
+    makes that save due for a trial that ran FINISHED_SAVE_MIN_S or more, and stops doing so
+    once a measured save costs over FINISHED_SAVE_SHARE of such a trial's time per running
+    trial. The measured clock is not pickled with the scheduler."""
+    import pickle
+
+    from ray.tune.schedulers import FIFOScheduler
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    scheduler = tuner_module._pending_trials_in_order(FIFOScheduler)()
+    a, b = _Trial("a", "RUNNING"), _Trial("b", "RUNNING")
+    controller = _Controller([a, b])
+    controller._checkpoint_manager = _StateManager()  # type: ignore[attr-defined]
+    manager = controller._checkpoint_manager  # type: ignore[attr-defined]
+    manager._last_save_time = 99.5  # saved half a second ago: within Tune's period
+    scheduler.on_trial_complete(controller, a, {"time_total_s": 0.9})
+    assert manager._last_save_time == 99.5  # a short trial waits for the periodic save
+    scheduler.on_trial_complete(controller, a, {"time_total_s": 1.0})
+    assert manager._last_save_time == float("-inf")  # due at the end of this step
+    clock[0] += 0.5
+    manager._last_save_time = 100.2  # Tune saved: 0.2 s, so 0.4 s for two running trials
+    scheduler.on_trial_complete(controller, a, {"time_total_s": 7.9})
+    assert scheduler._saver.cost == pytest.approx(0.2)
+    assert manager._last_save_time == 100.2  # 0.4 s over 5 % of 7.9 s: left to the period
+    scheduler.on_trial_complete(controller, a, {"time_total_s": 8.1})
+    assert manager._last_save_time == float("-inf")
+    assert "_saver" not in pickle.loads(pickle.dumps(scheduler)).__dict__
+    del controller._checkpoint_manager  # type: ignore[attr-defined]
+    scheduler.on_trial_complete(controller, a, {"time_total_s": 8.0})  # another Tune: no-op
 
 
 def report_modules() -> None:
