@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,42 @@ def test_asha_stops_bad_trials_early(ray_cluster: None) -> None:
     reported = dict(zip(frame["config/bad"], frame["training_iteration"], strict=True))
     assert reported[0] == 20  # the best trial runs to the end
     assert min(reported.values()) < 20 and sum(reported.values()) < 6 * 20
+
+
+def swallows_the_stop() -> None:
+    ctx = get_tuner_context()
+    bad = ctx.get_hyper_params()["bad"]
+    for step in range(1, 21):
+        try:  # catches everything, Tune's stop of the trial (SystemExit) too
+            ctx.report({"loss": bad * 10 + 1.0 / step})
+        except BaseException:
+            pass
+
+
+def test_a_trial_whose_code_catches_tunes_stop_ends_and_its_process_is_reused(
+    ray_cluster: None,
+) -> None:
+    """Ray raises SystemExit once to stop a trial; code that catches it and goes on reported
+    again, or reached Tune's own report as it returned, and waited for ever: the process
+    could not be reused for the next trial, and the run hung. It now ends there."""
+    config = quiet(search_alg=GridSearch(), scheduler="asha", max_rounds=20)
+    outcome: list[Any] = []
+
+    def tuning() -> None:
+        try:
+            outcome.append(tune.Tuner(swallows_the_stop, {"bad": [0, 1, 2, 3, 4, 5]}, config).run())
+        except BaseException as exc:  # reported below, with the hang
+            outcome.append(exc)
+
+    run = threading.Thread(target=tuning, daemon=True)
+    run.start()
+    run.join(timeout=120)
+    assert not run.is_alive(), "the run hung"
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    frame = outcome[0].results
+    assert (frame["status"] == "TERMINATED").all()
+    reported = dict(zip(frame["config/bad"], frame["training_iteration"], strict=True))
+    assert reported[0] == 20 and min(reported.values()) < 20
 
 
 def report_twice_then_fail_on_two() -> None:
@@ -562,6 +599,7 @@ def test_the_report_error_is_found_however_the_trials_failure_wraps_it() -> None
     assert _report_error(hidden) is None
     assert _report_error(RayTaskError("train", "tb", KeyError("b")).as_instanceof_cause()) is None
     assert _report_error(None) is None
+    assert _report_error("Trainable runner reuse requires reset_config()") is None  # as text
     _raise_report_error([failed(None), failed(KeyError("b"))])  # other failures: nothing
     with pytest.raises(tune.ReportError) as raised:
         _raise_report_error([failed(None), failed(rewrapped)])
@@ -1199,20 +1237,29 @@ class _StateManager:
         self.taken.append(time_taken)
 
 
-def test_a_trial_that_ran_a_second_makes_the_runs_state_save_as_it_ends_unless_too_costly() -> None:
+def test_a_trial_that_ran_a_second_makes_the_runs_state_save_as_it_ends_unless_too_costly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Ray Tune saves at the end of a step unless it saved within its period: the scheduler
     makes that save due as a trial that ran FINISHED_SAVE_MIN_S or more ends, unless the
     latest save (timed through Tune's own hook, which it still calls) would cost over
     SAVE_SHARE of the trial's time per running trial. What it watches is not pickled."""
     import pickle
 
+    from ray.tune.execution import tune_controller
     from ray.tune.schedulers import FIFOScheduler
 
+    warnings: list[str] = []
+    monkeypatch.setattr(tune_controller.logger, "warning", warnings.append)
     scheduler = tuner_module._pending_trials_in_order(FIFOScheduler)()
     a, b = _Trial("a", "RUNNING"), _Trial("b", "RUNNING")
-    controller = _Controller([a, b])
     manager = _StateManager()
-    controller._checkpoint_manager = manager  # type: ignore[attr-defined]
+    # as Tune hands its controller to schedulers: wrapped, warning of attributes it does not
+    # list (once per process: a warning seen before is seen again here)
+    monkeypatch.setattr(tune_controller, "log_once", lambda key: True)
+    controller = tune_controller.TrialRunnerWrapper(
+        _with_manager(manager, [a, b]), None, runner_whitelist_attr={"get_trials"}
+    )
     scheduler.on_trial_add(controller, a)
     scheduler.on_trial_add(controller, b)
     manager._update_auto_checkpoint_time(0.01)  # as Tune calls it after a save
@@ -1235,6 +1282,13 @@ def test_a_trial_that_ran_a_second_makes_the_runs_state_save_as_it_ends_unless_t
     saves = tuner_module._StateSaves()
     assert saves.watch(_Controller([a])) is None
     saves.trial_ended(_Controller([a]), {"time_total_s": 8.0})
+    assert warnings == []
+
+
+def _with_manager(manager: _StateManager, trials: list[_Trial]) -> _Controller:
+    controller = _Controller(trials)
+    controller._checkpoint_manager = manager  # type: ignore[attr-defined]
+    return controller
 
 
 def report_modules() -> None:

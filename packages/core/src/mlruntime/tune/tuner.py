@@ -255,6 +255,7 @@ class TunerContext:
         self._held: tuple[dict[str, Any], str | None] | None = None
         self._round_start = time.time()
         self._stopped = False  # Tune stopped the trial in one of its reports (SystemExit)
+        self._warned_stopped = False  # that the code caught it and went on
         self.reports = 0
 
     def get_hyper_params(self) -> dict[str, Any]:
@@ -325,6 +326,10 @@ class TunerContext:
         folder, stored with the report, is removed."""
         from ray import tune
 
+        if self._stopped:  # Tune's report would wait, for ever, for a trial it stopped
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            self._end_stopped()
         if done:
             metrics = {**metrics, "done": True}
         try:
@@ -338,6 +343,23 @@ class TunerContext:
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _end_stopped(self) -> None:
+        """End a trial Tune stopped whose code caught the stop (``SystemExit``, which Ray
+        raises once) and went on: its next report, or Tune's own one as ``train_func``
+        returns, would wait for ever for Tune, which has moved on, and its process could
+        not be reused.
+
+        Raises:
+            SystemExit: Always, as Tune's stop does.
+        """
+        if not self._warned_stopped:
+            self._warned_stopped = True
+            logger.warning(
+                "the trial's code caught Tune's stop of the trial (SystemExit) and went on: "
+                "the trial ends here (catch Exception, not BaseException, around report())"
+            )
+        raise SystemExit(0)
 
     def _flush(self, done: bool) -> None:
         """Send the held report, if any: ``done`` when ``train_func`` returned (Tune stops the
@@ -525,6 +547,8 @@ def _trial(config: dict[str, Any], job: _TrialJob) -> None:
             if not context._stopped:  # not Tune stopping it: the last report, recorded
                 context._flush(done=False)
             raise
+        if context._stopped:  # it caught Tune's stop: Tune's report at its end would wait
+            context._end_stopped()
         # Released before Tune hears that the trial ended: Tune then reuses this process at
         # once, or ends it.
         _release_groups(keep=job.keep_groups)
@@ -1300,8 +1324,9 @@ class _StateSaves:
     here, 30-50 ms at the end of a run of 1,000 trials, 0.1 s for 500 trials reporting 40
     metrics each.
 
-    This works through Tune's state manager (``TuneController._checkpoint_manager``); on a
-    Ray Tune without it, the periodic save alone applies."""
+    This works through Tune's state manager (``TuneController._checkpoint_manager``, read
+    past the wrapper schedulers get the controller in); on a Ray Tune without it, the
+    periodic save alone applies."""
 
     def __init__(self) -> None:
         self.cost = 0.0  # seconds the latest save took
@@ -1310,7 +1335,10 @@ class _StateSaves:
     def watch(self, controller: Any) -> Any:
         """Start timing the saves of ``controller``'s state manager, once; return the manager,
         or None when this Ray Tune has none this knows."""
-        manager: Any = getattr(controller, "_checkpoint_manager", None)
+        # schedulers get Tune's controller wrapped (TrialRunnerWrapper), which warns once
+        # of any attribute of the controller's read through it that it does not list
+        inner = vars(controller).get("_tune_controller", controller)
+        manager: Any = getattr(inner, "_checkpoint_manager", None)
         if manager is self.manager:
             return manager
         update = getattr(manager, "_update_auto_checkpoint_time", None)
@@ -1481,14 +1509,15 @@ class _StopOnBadReport:
         return StopOnBadReport()
 
 
-def _report_error(error: BaseException | None) -> ReportError | None:
+def _report_error(error: object) -> ReportError | None:
     """The :class:`ReportError` behind a trial's failure: Ray's ``RayTaskError`` holds the
     trial's exception as ``cause``; the trial's code may have raised another from it (or
     while handling it, unless ``from None``)."""
     todo, seen = [error], set()
     while todo:
         error = todo.pop()
-        if error is None or id(error) in seen:
+        # Tune holds some failures as their text (an actor it could not reuse, for one)
+        if not isinstance(error, BaseException) or id(error) in seen:
             continue
         seen.add(id(error))
         cause = getattr(error, "cause", None)  # RayTaskError(ReportError) is one too
