@@ -452,6 +452,28 @@ def test_restore_reads_the_runs_settings_and_warns_for_older_runs(
     assert "before runs stored their trials' resources" in caplog.text
 
 
+def test_a_restore_refuses_datasets_other_than_those_the_run_started_with(
+    ray_cluster: None, data: DataConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other columns, other types or other rows (of a dataset staged from the driver) are
+    refused before Tune restores anything: the run's finished trials read the first data."""
+    monkeypatch.setattr(tuner_module, "RUNNING_CHECK_S", 0.05)  # its driver has ended
+    config = quiet(search_alg=GridSearch(), max_concurrent_trials=1)
+    path = tune.Tuner(quadratic, {"x": [1, 2]}, config).run({"data": data}).path
+    frame = pd.DataFrame({"a": np.arange(50)})
+    for other, says in (
+        (frame.iloc[:49], r"\(49 rows, against 50\)"),
+        (frame.astype("float64"), r"\(a: int64 now double\)"),
+        (frame.rename(columns={"a": "b"}), r"\(columns \['a'\] missing; columns \['b'\] new\)"),
+    ):
+        with pytest.raises(ConfigError, match=r"dataset 'data' is not the one .*" + says):
+            tune.Tuner.restore(path).run({"data": DataConnector.from_dataframe(other)})
+    # the same rows from another frame (columns in another order too) are the same dataset
+    same = DataConnector.from_dataframe(frame.assign(c=1)[["c", "a"]]).select(["a"])
+    result = tune.Tuner.restore(path).run({"data": same})
+    assert sorted(result.results["config/x"]) == [1, 2] and (result.results["rows"] == 50).all()
+
+
 def report_without_the_metric(folder: str) -> None:
     Path(folder, f"{os.getpid()}-{time.time()}").touch()  # one file per trial started
     get_tuner_context().report({"los": 1.0})

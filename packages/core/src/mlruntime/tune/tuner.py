@@ -183,6 +183,64 @@ RUNNING_CHECK_S = 2.5
 running it saves its state every second (``TUNE_GLOBAL_CHECKPOINT_S``)."""
 
 
+def _dataset_shapes(datasets: dict[str, Any], staged: dict[str, Any]) -> dict[str, Any]:
+    """What a restore checks the datasets it is given against (:func:`_check_same_datasets`):
+    each DataConnector's columns (names and Arrow types) and, for one staged from the driver
+    (a frame, an Arrow table, a DuckDB table or query), its rows, counted as they were
+    staged. Files are not counted: that would read every file's footer."""
+    from mlruntime.data.connector import DataConnector
+
+    shapes: dict[str, Any] = {}
+    for name, connector in datasets.items():
+        if not isinstance(connector, DataConnector):
+            continue
+        try:
+            schema = connector.schema
+        except Exception:  # unreadable here: its trials say why
+            logger.debug("no schema for dataset %r", name, exc_info=True)
+            continue
+        moved = staged.get(name)
+        rows = (
+            moved.num_rows if isinstance(moved, DataConnector) and moved is not connector else None
+        )
+        shapes[str(name)] = {"columns": [[f.name, str(f.type)] for f in schema], "rows": rows}
+    return shapes
+
+
+def _check_same_datasets(saved: Any, shapes: dict[str, Any]) -> None:
+    """Refuse datasets given to a restored run that differ from those it started with, in
+    columns or in rows (:func:`_dataset_shapes`); runs stored before this was kept pass.
+
+    Raises:
+        ConfigError: Naming the dataset and what differs.
+    """
+    if not isinstance(saved, dict):
+        return
+    for name, was in sorted(saved.items()):
+        now = shapes.get(name)
+        if not isinstance(was, dict) or now is None:
+            continue
+        differs = ""
+        before = {c: t for c, t in was.get("columns", [])}
+        after = {c: t for c, t in now["columns"]}
+        if before != after:
+            gone = sorted(set(before) - set(after))
+            new = sorted(set(after) - set(before))
+            retyped = sorted(c for c in set(before) & set(after) if before[c] != after[c])
+            parts = [f"columns {gone} missing"] if gone else []
+            parts += [f"columns {new} new"] if new else []
+            parts += [f"{c}: {before[c]} now {after[c]}" for c in retyped]
+            differs = "; ".join(parts)
+        elif was.get("rows") is not None and now["rows"] is not None and was["rows"] != now["rows"]:
+            differs = f"{now['rows']} rows, against {was['rows']}"
+        if differs:
+            raise ConfigError(
+                f"dataset {name!r} is not the one the restored run started with ({differs}): "
+                "its finished trials read the other. Pass run() the same dataset_map, or "
+                "start a new run"
+            )
+
+
 def _refuse_if_running(path: str) -> None:
     """Refuse to restore a run another driver still runs: the restore would remove the
     datasets that driver staged for its trials, and both would run the same trials into the
@@ -739,7 +797,9 @@ class Tuner:
 
         Raises:
             ConfigError: For a train_func that cannot be sent to workers, datasets that are
-                not DataConnectors, or a restored run that another driver still runs.
+                not DataConnectors, or a restored run that another driver still runs or
+                that is given datasets other than those it started with (missing, other
+                columns or column types, or other rows where they were counted).
             ResourceError: If one trial's resources exceed every node (before any trial
                 starts).
         """
@@ -808,9 +868,13 @@ class Tuner:
             )
             # with_parameters puts the staged map into the object store once; every trial
             # fetches it from there.
+            staged_map = staged.stage_map(datasets)
+            shapes = _dataset_shapes(datasets, staged_map)
+            if restored:  # before Tune restores anything: trials would mix two datasets
+                _check_same_datasets(saved.get("dataset_shapes"), shapes)
             job = _TrialJob(
                 train_func=self.train_func,
-                datasets=staged.stage_map(datasets),
+                datasets=staged_map,
                 keep_groups=one_at_a_time,
                 held=held,
                 metric=config.metric,
@@ -837,6 +901,7 @@ class Tuner:
                     "resource_per_trial": config.resource_per_trial,
                     "max_concurrent_trials": config.max_concurrent_trials,
                     "datasets": sorted(str(name) for name in datasets),
+                    "dataset_shapes": shapes,
                 }
                 with storage.private_files(path):  # the function's pickle holds what it captured
                     storage.write_bytes(
