@@ -468,8 +468,8 @@ def test_a_restore_refuses_datasets_other_than_those_the_run_started_with(
     ):
         with pytest.raises(ConfigError, match=r"dataset 'data' is not the one .*" + says):
             tune.Tuner.restore(path).run({"data": DataConnector.from_dataframe(other)})
-    # the same rows from another frame (columns in another order too) are the same dataset
-    same = DataConnector.from_dataframe(frame.assign(c=1)[["c", "a"]]).select(["a"])
+    # the same rows, of another frame's selected column, held as categories: the same dataset
+    same = DataConnector.from_dataframe(frame.astype("category").assign(c=1)).select(["a"])
     result = tune.Tuner.restore(path).run({"data": same})
     assert sorted(result.results["config/x"]) == [1, 2] and (result.results["rows"] == 50).all()
 
@@ -765,6 +765,9 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
         "MLRUNTIME_HOME": str(tmp_path / "home"),
+        # Tune's periodic save once in 30 s (a value the user sets is kept): what the restore
+        # finds saved as finished was saved as the trial ended (each runs over a second)
+        "TUNE_GLOBAL_CHECKPOINT_S": "30",
     }
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -781,14 +784,16 @@ def test_restore_finishes_a_run_whose_driver_was_killed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"is still running \(another driver saved its state"):
         tune.Tuner.restore(path).run({"data": data})
     # the kill comes halfway through a trial (each sleeps 1.5 s), the third or a later one:
-    # the one before it ended 0.75 s earlier, within Tune's 1-s period of saving the run's
-    # state, and is saved as finished as it ended (it ran over a second)
+    # the trials before it were saved as finished only as they ended
     while time.monotonic() < deadline:
         started = [float(p.name.split("-")[-1]) for p in marks.iterdir()]
         if 3 <= len(started) < 6 and time.time() < max(started) + 0.75:
             time.sleep(max(started) + 0.75 - time.time())
             break
         time.sleep(0.05)
+    else:
+        driver.kill()
+        pytest.fail("the third to fifth trials never started")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once
     driver.wait()
     started_before = {p.name.split("-")[1] for p in marks.iterdir()}
@@ -1201,6 +1206,7 @@ def test_a_trial_waits_for_its_own_actor_instead_of_ending_it(
 class _Trial:
     def __init__(self, trial_id: str, status: str) -> None:
         self.trial_id, self.status = trial_id, status
+        self.last_result: dict[str, Any] = {}
 
 
 class _Controller:
@@ -1297,6 +1303,13 @@ def test_a_trial_that_ran_a_second_makes_the_runs_state_save_as_it_ends_unless_t
     assert manager._last_save_time == 100.2  # 0.4 s for two running is over 5 % of 7.9 s
     scheduler.on_trial_complete(controller, a, {"time_total_s": 8.1})
     assert manager._last_save_time == float("-inf")
+    manager._last_save_time = 100.3
+    b.last_result = {"time_total_s": 9.0}
+    scheduler.on_trial_error(controller, b)  # a failed trial too, by its last report
+    assert manager._last_save_time == float("-inf")
+    manager._last_save_time = 100.4
+    scheduler.on_trial_complete(controller, a, None)  # no result: nothing, and no error
+    assert manager._last_save_time == 100.4
     assert manager.taken == [0.01, 0.2]
     copy = pickle.loads(pickle.dumps(scheduler))
     assert "_state_saves" not in copy.__dict__ and copy._added == scheduler._added

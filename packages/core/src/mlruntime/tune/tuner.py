@@ -18,6 +18,7 @@ import functools
 import logging
 import numbers
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -184,27 +185,48 @@ running it saves its state every second (``TUNE_GLOBAL_CHECKPOINT_S``)."""
 
 
 def _dataset_shapes(datasets: dict[str, Any], staged: dict[str, Any]) -> dict[str, Any]:
-    """What a restore checks the datasets it is given against (:func:`_check_same_datasets`):
-    each DataConnector's columns (names and Arrow types) and, for one staged from the driver
-    (a frame, an Arrow table, a DuckDB table or query), its rows, counted as they were
-    staged. Files are not counted: that would read every file's footer."""
+    """What a restore checks the datasets it is given against (:func:`_check_same_datasets`),
+    for each DataConnector staged from the driver (a frame, an Arrow table, a DuckDB table
+    or query): its columns (names and Arrow types, as :func:`_type_name` gives them) and its
+    rows, as they were staged (known without reading anything). A dataset read from files
+    is checked by name only: its columns and rows are in every file's footer, which the
+    driver does not read."""
     from mlruntime.data.connector import DataConnector
 
     shapes: dict[str, Any] = {}
     for name, connector in datasets.items():
-        if not isinstance(connector, DataConnector):
-            continue
-        try:
-            schema = connector.schema
-        except Exception:  # unreadable here: its trials say why
-            logger.debug("no schema for dataset %r", name, exc_info=True)
-            continue
         moved = staged.get(name)
-        rows = (
-            moved.num_rows if isinstance(moved, DataConnector) and moved is not connector else None
-        )
-        shapes[str(name)] = {"columns": [[f.name, str(f.type)] for f in schema], "rows": rows}
+        if not isinstance(moved, DataConnector) or moved is connector:
+            continue  # nothing staged: files (or a shard)
+        try:
+            columns = [[f.name, _type_name(f.type)] for f in moved.schema]
+            rows = moved.num_rows
+        except Exception:  # unreadable here: its trials say why
+            logger.debug("no shape for dataset %r", name, exc_info=True)
+            continue
+        shapes[str(name)] = {"columns": columns, "rows": rows}
     return shapes
+
+
+def _type_name(arrow_type: Any) -> str:
+    """``arrow_type`` named without how its values are laid out: large and view strings,
+    binaries and lists as the plain ones, dictionary-encoded columns as their values,
+    timestamps without their unit (one table read by pandas and by polars gives both)."""
+    value_type = getattr(arrow_type, "value_type", None)  # a dictionary's
+    if value_type is not None and getattr(arrow_type, "index_type", None) is not None:
+        arrow_type = value_type
+    name = str(arrow_type)
+    for layout, plain in (
+        ("large_string", "string"),
+        ("string_view", "string"),
+        ("large_binary", "binary"),
+        ("binary_view", "binary"),
+        ("large_list", "list"),
+        ("list_view", "list"),
+    ):
+        name = name.replace(layout, plain)
+    name = re.sub(r"timestamp\[(?:s|ms|us|ns)\]", "timestamp", name)
+    return re.sub(r"timestamp\[(?:s|ms|us|ns), ", "timestamp[", name)
 
 
 def _check_same_datasets(saved: Any, shapes: dict[str, Any]) -> None:
@@ -345,6 +367,8 @@ class TunerContext:
                 something other than a number, or holds a PyTorch tensor of several elements
                 (the run stops: every trial would fail alike).
         """
+        if self._stopped:  # Tune stopped the trial and its code caught that: nothing to save
+            self._end_stopped()
         if not isinstance(metrics, dict):
             raise ConfigError(f"metrics must be a dict, got {type(metrics).__name__}")
         metrics = dict(metrics)
@@ -1375,8 +1399,9 @@ trial running at once: a longer save is left to Tune's periodic one (see
 
 class _StateSaves:
     """Saves the run's state (Ray Tune's experiment state, what ``Tuner.restore`` reads) as
-    soon as a trial that ran :data:`FINISHED_SAVE_MIN_S` or more has ended, so a driver
-    killed right after does not run it again on restore; for mlruntime's schedulers.
+    soon as a trial that ran :data:`FINISHED_SAVE_MIN_S` or more has ended, finished or
+    failed, so a driver killed right after does not run it again on restore; for
+    mlruntime's schedulers. (A failed trial's time is that of its last report.)
 
     Ray Tune saves only once per period (``TUNE_GLOBAL_CHECKPOINT_S``, 1 s while a run runs:
     :data:`_TUNE_ENV`): a trial that ended within the period before the kill was still saved
@@ -1387,7 +1412,9 @@ class _StateSaves:
     end is skipped when it would cost over :data:`SAVE_SHARE` of the trial's time per
     running trial. Tune re-encodes only the trials changed since its last save: measured
     here, 30-50 ms at the end of a run of 1,000 trials, 0.1 s for 500 trials reporting 40
-    metrics each.
+    metrics each. The time is that of writing the state next to the driver; Tune copies it
+    to remote storage in the background, and a copy still running when the next save is
+    due leaves that save to reach the storage with the one after.
 
     This works through Tune's state manager (``TuneController._checkpoint_manager``, read
     past the wrapper schedulers get the controller in); on a Ray Tune without it, the
@@ -1419,9 +1446,24 @@ class _StateSaves:
         self.manager = manager
         return manager
 
+    def trial_added(self, controller: Any) -> None:
+        """Watch ``controller``'s saves from its first trial on (see :meth:`watch`); never
+        raises (Tune would fail the trial)."""
+        try:
+            self.watch(controller)
+        except Exception:
+            logger.debug("could not watch Ray Tune's saves", exc_info=True)
+
     def trial_ended(self, controller: Any, result: Any) -> None:
         """Make Tune save the run's state at the end of this step, if the trial whose last
-        ``result`` this is ran long enough and the save is cheap enough (see the class)."""
+        ``result`` this is ran long enough and the save is cheap enough (see the class).
+        Never raises: Tune would mark the finished trial failed."""
+        try:
+            self._trial_ended(controller, result)
+        except Exception:
+            logger.debug("could not make Ray Tune save the run's state", exc_info=True)
+
+    def _trial_ended(self, controller: Any, result: Any) -> None:
         manager = self.watch(controller)
         ran = result.get("time_total_s") if isinstance(result, dict) else None
         if manager is None or not isinstance(ran, numbers.Real):
@@ -1470,7 +1512,7 @@ def _pending_trials_in_order(scheduler: type) -> type:
         def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
             super().on_trial_add(tune_controller, trial)
             self._added[trial.trial_id] = time.monotonic()
-            self._saves.watch(tune_controller)
+            self._saves.trial_added(tune_controller)
 
         def choose_trial_to_run(self, tune_controller: Any) -> Any:
             trials = tune_controller.get_trials()
@@ -1487,6 +1529,11 @@ def _pending_trials_in_order(scheduler: type) -> type:
         def on_trial_complete(self, tune_controller: Any, trial: Any, result: Any) -> None:
             super().on_trial_complete(tune_controller, trial, result)
             self._saves.trial_ended(tune_controller, result)
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            super().on_trial_error(tune_controller, trial)
+            # a failed trial is not run again on restore, once saved as failed
+            self._saves.trial_ended(tune_controller, getattr(trial, "last_result", None))
 
         @property
         def _saves(self) -> _StateSaves:
