@@ -408,10 +408,6 @@ class TunerContext:
         folder, stored with the report, is removed."""
         from ray import tune
 
-        if self._stopped:  # Tune's report would wait, for ever, for a trial it stopped
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            self._end_stopped()
         if done:
             metrics = {**metrics, "done": True}
         try:
@@ -890,12 +886,12 @@ class Tuner:
             hold_reports = (
                 bool(saved.get("hold_reports", False)) if restored else config.scheduler is None
             )
-            # with_parameters puts the staged map into the object store once; every trial
-            # fetches it from there.
             staged_map = staged.stage_map(datasets)
             shapes = _dataset_shapes(datasets, staged_map)
             if restored:  # before Tune restores anything: trials would mix two datasets
                 _check_same_datasets(saved.get("dataset_shapes"), shapes)
+            # with_parameters puts the staged map into the object store once; every trial
+            # fetches it from there.
             job = _TrialJob(
                 train_func=self.train_func,
                 datasets=staged_map,
